@@ -1,0 +1,54 @@
+# edgecap: `make demo` runs the whole pipeline locally, `make test` runs the test suite.
+# Both set up what they need first (Debian packages, a virtualenv, the models), idempotently.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+MODELS_DIR ?= $(HOME)/.cache/edgecap/models
+TEST_MODELS_DIR ?= $(CURDIR)/.cache/models
+APT_PACKAGES := mosquitto espeak-ng sox libsndfile1 chromium chromium-driver
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# torch is pinned first so the cloud extra's requirement is met by the CPU build (see README).
+TORCH_PIN  := torch==2.13.0
+
+.PHONY: setup system venv models test test-fast lint demo clean
+
+setup: system venv
+
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q --upgrade "pip>=24,<27"
+	$(BIN)/pip install -q "$(TORCH_PIN)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(VENV)/.installed
+
+models: setup
+	$(BIN)/edgecap models prepare --model tiny.en --models-dir "$(MODELS_DIR)"
+
+test: setup
+	$(BIN)/edgecap models prepare --model tiny.en --models-dir "$(TEST_MODELS_DIR)"
+	EDGECAP_MODELS_DIR="$(TEST_MODELS_DIR)" $(BIN)/python -m pytest
+
+test-fast: setup
+	$(BIN)/python -m pytest -m "not integration and not e2e and not models"
+
+lint: setup
+	$(BIN)/ruff check contracts edge_agent bridge cloud edgecap tests benchmarks
+	$(BIN)/mypy contracts edge_agent bridge cloud edgecap
+
+demo: models
+	$(BIN)/edgecap demo --models-dir "$(MODELS_DIR)" $(DEMO_ARGS)
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

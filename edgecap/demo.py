@@ -1,0 +1,245 @@
+"""``edgecap demo``: the whole pipeline on one machine, a recording standing in for the microphone.
+
+Starts mosquitto and a Kafka-protocol broker on free loopback ports, then the bridge, the
+transcription worker, the reconciler, the dashboard and an agent as separate processes, each
+configured through its own environment variables exactly as in production. With ``--until-done``
+it exits once every captured segment has a final caption in the store and prints, as its last line
+on stdout, a JSON summary (segments, finals, lost, latencies, WER when the reference is known).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgecap.brokers import Mosquitto, Tansu, wait_for_port
+from edgecap.logs import configure
+
+log = logging.getLogger("edgecap.demo")
+
+SAMPLES = Path(__file__).resolve().parent / "samples"
+AGENT_ID = "demo-agent"
+
+
+@dataclass
+class Service:
+    name: str
+    proc: subprocess.Popen[bytes]
+
+
+class Demo:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edgecap-demo-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.store_url = f"sqlite:///{self.workdir / 'edgecap.db'}"
+        self.captions_dir = self.workdir / "captions"
+        self.services: list[Service] = []
+        self.stop = threading.Event()
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        models = Path(self.args.models_dir).expanduser() / self.args.model
+        for needed in (models / "hf", models / "onnx-int8"):
+            if not needed.is_dir():
+                raise SystemExit(
+                    f"edgecap demo: model missing at {needed}; run: edgecap models prepare "
+                    f"--model {self.args.model} --models-dir {self.args.models_dir}"
+                )
+        self.mosquitto = Mosquitto(workdir=self.workdir / "mosquitto").start()
+        self.kafka = Tansu(workdir=self.workdir / "tansu").start()
+        kafka = self.kafka.bootstrap
+        self._spawn("bridge", ["-m", "bridge"], {
+            "EDGECAP_BRIDGE_MQTT__PORT": str(self.mosquitto.port),
+            "EDGECAP_BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka,
+        })
+        worker_env = {
+            "EDGECAP_WORKER_KAFKA__BOOTSTRAP_SERVERS": kafka,
+            "EDGECAP_WORKER_STORE_URL": self.store_url,
+            "EDGECAP_WORKER_MODEL_DIR": str(models / "hf"),
+        }
+        self._spawn("transcribe", ["-m", "cloud", "transcribe"], worker_env)
+        self._spawn("reconcile", ["-m", "cloud", "reconcile"], worker_env)
+        self._spawn("dashboard", ["-m", "cloud.dashboard"], {
+            "EDGECAP_DASHBOARD_STORE_URL": self.store_url,
+            "EDGECAP_DASHBOARD_HOST": "127.0.0.1",
+            "EDGECAP_DASHBOARD_PORT": str(self.args.port),
+        })
+        wait_for_port(self.args.port, 60, self.services[-1].proc)
+        sys.stderr.write(f"edgecap demo: dashboard at http://127.0.0.1:{self.args.port}  (logs in {self.workdir})\n")
+        self._spawn("agent", ["-m", "edge_agent", "--input", str(self.args.input)], {
+            "EDGECAP_AGENT_AGENT_ID": AGENT_ID,
+            "EDGECAP_AGENT_MQTT__PORT": str(self.mosquitto.port),
+            "EDGECAP_AGENT_ASR__MODEL_DIR": str(models / "onnx-int8"),
+            "EDGECAP_AGENT_OUTBOX__PATH": str(self.workdir / "outbox.sqlite3"),
+            "EDGECAP_AGENT_CAPTIONS__DIR": str(self.captions_dir),
+        }, stdout=None)
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str], stdout: int | None = -1) -> None:
+        logf = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            env=os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"} | env,
+            stdout=logf if stdout == -1 else None,
+            stderr=logf,
+        )
+        logf.close()
+        self.services.append(Service(name, proc))
+        log.info("started %s (pid %d)", name, proc.pid)
+
+    def close(self) -> None:
+        for service in reversed(self.services):
+            if service.proc.poll() is None:
+                service.proc.terminate()
+        for service in reversed(self.services):
+            try:
+                service.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop; killing pid %d", service.name, service.proc.pid)
+                service.proc.kill()
+                service.proc.wait()
+        for broker in ("kafka", "mosquitto"):
+            if hasattr(self, broker):
+                getattr(self, broker).stop()
+
+    def crashed(self) -> str | None:
+        for service in self.services:
+            if service.proc.poll() is not None:
+                return f"{service.name} exited with {service.proc.returncode} (see {self.workdir}/{service.name}.log)"
+        return None
+
+    # --- progress ---------------------------------------------------------------------------
+
+    def drafts(self) -> dict[str, dict[str, Any]]:
+        """The agent's own record of what it captured: its captions log."""
+        path = self.captions_dir / "captions.jsonl"
+        if not path.exists():
+            return {}
+        drafts = {}
+        for line in path.read_text(encoding="utf-8").splitlines():
+            record = json.loads(line)
+            if record["event"] == "draft":
+                drafts[record["segment_id"]] = record
+        return drafts
+
+    def finals(self) -> dict[str, dict[str, Any]]:
+        from cloud.store import Store
+
+        store = Store(self.store_url)
+        try:
+            return {row["segment_id"]: row for row in store.list_segments(limit=100_000) if row.get("final")}
+        finally:
+            store.close()
+
+    def wait_until_done(self, input_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + input_s + self.args.timeout
+        input_end = time.monotonic() + input_s + 2.0  # the last utterance's hangover and draft
+        drafts: dict[str, dict[str, Any]] = {}
+        finals: dict[str, dict[str, Any]] = {}
+        while time.monotonic() < deadline and not self.stop.is_set():
+            problem = self.crashed()
+            if problem:
+                log.error("%s", problem)
+                break
+            drafts, finals = self.drafts(), self.finals()
+            if time.monotonic() > input_end and drafts and set(drafts) <= set(finals):
+                break
+            time.sleep(0.5)
+        return summarize(drafts, finals, self.args.reference)
+
+
+def summarize(
+    drafts: dict[str, dict[str, Any]], finals: dict[str, dict[str, Any]], reference: Path | None
+) -> dict[str, Any]:
+    def p50(values: list[float]) -> float | None:
+        return round(statistics.median(values), 1) if values else None
+
+    ordered = sorted(drafts.values(), key=lambda d: d["started_at"])
+    summary: dict[str, Any] = {
+        "segments": len(drafts),
+        "finals": sum(1 for sid in drafts if sid in finals),
+        "lost": sum(1 for sid in drafts if sid not in finals),
+        "draft_latency_ms_p50": p50([(d["produced_at"] - d["ended_at"]) * 1000 for d in ordered]),
+        "final_latency_ms_p50": p50(
+            [(finals[d["segment_id"]]["final"]["stored_at"] - d["ended_at"]) * 1000
+             for d in ordered if d["segment_id"] in finals]
+        ),
+    }
+    if reference is not None:
+        from edgecap.wer import wer
+
+        ref = reference.read_text(encoding="utf-8")
+        summary["wer_draft"] = round(wer(ref, " ".join(d["text"] for d in ordered)), 4)
+        summary["wer_final"] = round(
+            wer(ref, " ".join(finals[d["segment_id"]]["final"]["text"] for d in ordered if d["segment_id"] in finals)),
+            4,
+        )
+    return summary
+
+
+def default_models_dir() -> str:
+    try:
+        from edgecap.models.__main__ import ModelsSettings
+
+        return str(ModelsSettings.load().dir)
+    except ImportError:
+        return "~/.cache/edgecap/models"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecap demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--input", type=Path, default=SAMPLES / "sample.wav", help="recording played as the microphone")
+    parser.add_argument("--reference", type=Path, help="reference transcript of --input (for WER)")
+    parser.add_argument("--until-done", action="store_true", help="exit once every segment has a final caption")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds after the input ends to give up")
+    parser.add_argument("--model", default="tiny.en", help="model name under the models directory")
+    parser.add_argument("--models-dir", default=default_models_dir(), help="where `edgecap models prepare` put models")
+    parser.add_argument("--port", type=int, default=8000, help="dashboard port")
+    parser.add_argument("--workdir", help="where logs, the store and captions go (default: a new temp dir)")
+    parser.add_argument("--debug", action="store_true")
+    args = parser.parse_args(argv)
+    configure(args.debug, "demo")
+    if args.reference is None and args.input == SAMPLES / "sample.wav":
+        args.reference = SAMPLES / "sample.txt"
+
+    from edge_agent.capture import FileSource
+
+    input_s = FileSource(args.input, realtime=False).duration_s
+    demo = Demo(args)
+    signal.signal(signal.SIGTERM, lambda *_: demo.stop.set())
+    try:
+        demo.start()
+        if args.until_done:
+            summary = demo.wait_until_done(input_s)
+            demo.close()  # the agent writes captions to this stdout: stop it before the summary line
+            sys.stdout.write(json.dumps(summary) + "\n")
+            sys.stdout.flush()
+            return 0 if summary["lost"] == 0 and summary["segments"] > 0 else 1
+        sys.stderr.write("edgecap demo: running; Ctrl-C stops it\n")
+        while not demo.stop.wait(1.0):
+            problem = demo.crashed()
+            if problem:
+                log.error("%s", problem)
+                return 1
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        demo.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

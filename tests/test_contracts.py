@@ -1,0 +1,141 @@
+"""The wire contract: round trips, typed errors, and the committed JSON Schema document."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+import contracts as c
+from contracts.schema.__main__ import PATH as SCHEMA_PATH
+from contracts.schema.__main__ import render
+
+
+def segment(**overrides: object) -> c.Segment:
+    now = time.time()
+    fields: dict[str, object] = dict(
+        agent_id="pi-1",
+        segment_id=c.new_segment_id(),
+        seq=3,
+        started_at=now,
+        ended_at=now + 1.0,
+        audio=c.Audio(sample_rate=16000, data=b"\x01\x00" * 16000),
+        draft=c.Transcript(text="hello there", model_id="whisper-tiny.en-int8-onnx", produced_at=now + 1.1),
+    )
+    fields.update(overrides)
+    return c.Segment(**fields)  # type: ignore[arg-type]
+
+
+def test_segment_round_trip_is_exact() -> None:
+    s = segment()
+    raw = c.encode(s)
+    assert c.decode(raw) == s
+    assert c.decode(raw, c.Segment).audio.duration_s == pytest.approx(1.0)
+    assert json.loads(raw)["schema"] == "edgecap.segment.v1"
+    assert c.encode(c.decode(raw)) == raw
+
+
+def test_every_message_type_round_trips() -> None:
+    s = segment()
+    t = c.Transcript(text="x", model_id="m", produced_at=1.0)
+    messages = [
+        s,
+        c.Draft.of(s),
+        c.Frame(agent_id="pi-1", segment_id="f1", seq=1, captured_at=1.0,
+                image=c.Image(width=2, height=2, data=b"\xff\xd8")),
+        c.CloudTranscript(agent_id="pi-1", segment_id=s.segment_id, seq=3, started_at=1, ended_at=2,
+                          transcript=t, worker="w1"),
+        c.Final(agent_id="pi-1", segment_id=s.segment_id, seq=3, started_at=1, ended_at=2, text="x",
+                source="cloud", version=2, transcript=t, draft_text="y"),
+        c.Receipt(agent_id="pi-1", accepted=[s.segment_id],
+                  rejected=[c.Rejection(segment_id="b", reason="bad_audio")], issued_at=1.0),
+        c.Status(agent_id="pi-1", online=True, at=1.0, queue_depth=2),
+        c.DeadLetter(reason="bad_json", detail="d", source="t", received_at=1.0, payload=b"\x00\xff"),
+    ]
+    assert {type(m) for m in messages} == set(c.messages.MESSAGE_TYPES)
+    for m in messages:
+        assert c.decode(c.encode(m)) == m
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", c.Reason.BAD_JSON),
+        (b"\xff\xfe\x00", c.Reason.BAD_JSON),
+        (b'{"schema": "edgecap.nope.v9"}', c.Reason.UNKNOWN_SCHEMA),
+        (b'{"agent_id": "pi-1"}', c.Reason.UNKNOWN_SCHEMA),
+        (b'{"schema": "edgecap.segment.v1", "agent_id": "pi-1"}', c.Reason.INVALID),
+    ],
+)
+def test_malformed_input_gets_a_typed_error(raw: bytes, reason: c.Reason) -> None:
+    with pytest.raises(c.DecodeError) as info:
+        c.decode(raw)
+    assert info.value.reason is reason
+    assert info.value.detail
+
+
+def test_field_level_problems_are_invalid() -> None:
+    good = json.loads(c.encode(segment()))
+    cases = {
+        "agent_id": "../evil",  # not a topic-safe id
+        "seq": -1,
+        "ended_at": 0.0,  # before started_at
+    }
+    for field, value in cases.items():
+        bad = dict(good, **{field: value})
+        with pytest.raises(c.DecodeError) as info:
+            c.decode(json.dumps(bad).encode())
+        assert info.value.reason is c.Reason.INVALID, field
+    even = dict(good, audio=dict(good["audio"], data="AAA="))  # 2 bytes: one PCM16 frame
+    assert c.decode(json.dumps(even).encode(), c.Segment).audio.data == b"\x00\x00"
+    odd = dict(good, audio=dict(good["audio"], data="AA=="))  # 1 byte: not a whole PCM16 frame
+    with pytest.raises(c.DecodeError):
+        c.decode(json.dumps(odd).encode())
+    not_b64 = dict(good, audio=dict(good["audio"], data="%%%"))
+    with pytest.raises(c.DecodeError):
+        c.decode(json.dumps(not_b64).encode())
+
+
+def test_size_limit_and_expected_type() -> None:
+    raw = c.encode(segment())
+    with pytest.raises(c.DecodeError) as info:
+        c.decode(raw, max_bytes=100)
+    assert info.value.reason is c.Reason.TOO_LARGE
+    with pytest.raises(c.DecodeError) as info:
+        c.decode(raw, c.Receipt)
+    assert info.value.reason is c.Reason.UNKNOWN_SCHEMA
+
+
+def test_committed_schema_document_matches_the_python_types() -> None:
+    assert SCHEMA_PATH.read_text() == render(), "run: python -m contracts.schema"
+    doc = json.loads(SCHEMA_PATH.read_text())
+    kinds = {d["properties"]["schema"]["const"] for d in doc["$defs"].values() if "schema" in d.get("properties", {})}
+    assert kinds == {m.model_fields["schema_"].default for m in c.messages.MESSAGE_TYPES}
+
+
+def test_schema_document_validates_real_messages() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    doc = json.loads(Path(SCHEMA_PATH).read_text())
+    jsonschema.validate(json.loads(c.encode(segment())), doc)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"schema": "edgecap.segment.v1", "agent_id": "pi-1"}, doc)
+
+
+def test_topics() -> None:
+    assert c.mqtt_topic("pi-1", c.Up.SEGMENTS) == "edgecap/v1/agents/pi-1/segments"
+    assert c.parse_mqtt_topic("edgecap/v1/agents/pi-1/segments") == ("pi-1", "segments")
+    assert c.shared_filter("g", c.Up.SEGMENTS) == "$share/g/edgecap/v1/agents/+/segments"
+    for bad in ("edgecap/v1/agents/pi-1", "other/pi-1/segments", "edgecap/v1/agents//segments"):
+        with pytest.raises(ValueError):
+            c.parse_mqtt_topic(bad)
+
+
+def test_segment_ids_are_unique_and_time_ordered() -> None:
+    ids = [c.new_segment_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    first, later = ids[0], c.new_segment_id()
+    time.sleep(0.002)
+    assert c.new_segment_id() > first
+    assert later[14] == "7"  # UUID version 7
