@@ -123,17 +123,19 @@ class Demo:
 
     # --- progress ---------------------------------------------------------------------------
 
-    def drafts(self) -> dict[str, dict[str, Any]]:
-        """The agent's own record of what it captured: its captions log."""
+    def agent_log(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
+        """The agent's own record of what it captured (drafts) and which finals reached it."""
         path = self.captions_dir / "captions.jsonl"
-        if not path.exists():
-            return {}
-        drafts = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if record["event"] == "draft":
-                drafts[record["segment_id"]] = record
-        return drafts
+        drafts: dict[str, dict[str, Any]] = {}
+        finals: set[str] = set()
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                if record["event"] == "draft":
+                    drafts[record["segment_id"]] = record
+                else:
+                    finals.add(record["segment_id"])
+        return drafts, finals
 
     def finals(self) -> dict[str, dict[str, Any]]:
         from cloud.store import Store
@@ -145,21 +147,25 @@ class Demo:
             store.close()
 
     def wait_until_done(self, input_s: float) -> dict[str, Any]:
+        """Wait until every captured segment has a final in the store and back on the device."""
         deadline = time.monotonic() + input_s + self.args.timeout
         input_end = time.monotonic() + input_s + 2.0  # the last utterance's hangover and draft
         drafts: dict[str, dict[str, Any]] = {}
-        finals: dict[str, dict[str, Any]] = {}
+        stored: dict[str, dict[str, Any]] = {}
+        on_device: set[str] = set()
         while time.monotonic() < deadline and not self.stop.is_set():
             problem = self.crashed()
             if problem:
                 log.error("%s", problem)
                 break
-            drafts, finals = self.drafts(), self.finals()
-            if time.monotonic() > input_end and drafts and set(drafts) <= set(finals):
+            drafts, on_device = self.agent_log()
+            stored = self.finals()
+            if time.monotonic() > input_end and drafts and set(drafts) <= set(stored) and set(drafts) <= on_device:
                 break
             time.sleep(0.5)
-        return summarize(drafts, finals, self.args.reference)
-
+        summary = summarize(drafts, stored, self.args.reference)
+        summary["finals_on_device"] = len(set(drafts) & on_device)
+        return summary
 
 def summarize(
     drafts: dict[str, dict[str, Any]], finals: dict[str, dict[str, Any]], reference: Path | None
