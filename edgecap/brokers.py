@@ -50,6 +50,7 @@ class _Process:
     """A child broker process with a work directory; a context manager."""
 
     name = "broker"
+    stop_timeout_s = 5.0
 
     def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
         self.port = port or free_port()
@@ -79,11 +80,11 @@ class _Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
-    def stop(self, timeout_s: float = 5.0) -> None:
+    def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(timeout_s)
+                self.proc.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
@@ -149,6 +150,7 @@ class Tansu(_Process):
     """Tansu, a Kafka-protocol broker, with in-memory storage (lost when it stops)."""
 
     name = "tansu"
+    stop_timeout_s = 1.0  # in-memory storage: nothing to flush, and it lingers ~5 s on SIGTERM
 
     @property
     def bootstrap(self) -> str:

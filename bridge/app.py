@@ -1,0 +1,155 @@
+"""The bridge's lifecycle: metrics → Kafka producer → publisher → uplink → bridge loop → downlink.
+
+Threads: paho runs one network thread per MQTT connection (the uplink's calls
+:meth:`Uplink.on_message`); the bridge loop thread polls the producer (Kafka delivery callbacks:
+MQTT acks, receipt entries) and publishes due receipts; the downlink runs its own consumer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Self
+
+from confluent_kafka import Producer
+from paho.mqtt.client import MQTTMessageInfo
+
+from bridge.downlink import Downlink
+from bridge.metrics import Metrics
+from bridge.mqtt import MqttConnection
+from bridge.receipts import ReceiptBook
+from bridge.settings import BridgeSettings
+from bridge.uplink import Uplink
+from contracts import Down, encode, mqtt_topic
+
+log = logging.getLogger(__name__)
+
+_FLUSH_S = 10.0
+
+
+class Bridge:
+    """MQTT ⇄ Kafka. ``start()`` returns at once; :meth:`wait_ready` waits for the subscription."""
+
+    def __init__(self, settings: BridgeSettings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.receipts = ReceiptBook(settings.receipt_interval_ms / 1000, settings.receipt_max_ids)
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+        self.producer: Producer | None = None
+        self.publisher: MqttConnection | None = None
+        self.uplink: Uplink | None = None
+        self.downlink: Downlink | None = None
+
+    def start(self) -> Self:
+        try:
+            return self._start()
+        except Exception:
+            self.stop()
+            raise
+
+    def _start(self) -> Self:
+        s = self.settings
+        self.metrics.serve(s.metrics_port, s.metrics_host)
+        self.producer = Producer(
+            s.kafka.config(
+                **{
+                    "logger": logging.getLogger("bridge.kafka.producer"),
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": s.linger_ms,
+                    "compression.type": s.compression,
+                    "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),
+                    "delivery.timeout.ms": s.delivery_timeout_ms,
+                }
+            )
+        )
+        self.publisher = MqttConnection(
+            s.mqtt,
+            f"{s.client_id}-out",
+            self.metrics,
+            persistent=False,
+            reconnect_s=(s.reconnect_min_s, s.reconnect_max_s),
+        )
+        self.publisher.start()
+        self.uplink = Uplink(s, self.producer, self.receipts, self.metrics)
+        self.uplink.start()
+        self._loop = threading.Thread(target=self._run, name="bridge-loop", daemon=True)
+        self._loop.start()
+        if s.downlink:
+            self.downlink = Downlink(s, self.publisher, self.producer, self.metrics)
+            self.downlink.start()
+        log.info(
+            "bridge %s started: mqtt %s:%d, kafka %s", s.client_id, s.mqtt.host, s.mqtt.port, s.kafka.bootstrap_servers
+        )
+        return self
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the uplink subscription was granted within ``timeout_s``."""
+        return self.uplink is not None and self.uplink.subscribed.wait(timeout_s)
+
+    def stop(self) -> None:
+        """Stop taking messages, let Kafka confirm what is in flight, send the last receipts, close."""
+        if self.downlink is not None:
+            self.downlink.stop()
+        if self.uplink is not None:
+            self.uplink.pause()
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join()
+        if self.producer is not None:
+            left = self.producer.flush(_FLUSH_S)  # delivery callbacks now run in this thread
+            if left:
+                log.warning("%d records not confirmed by Kafka at shutdown; their messages stay unacked", left)
+        for info in self._publish_receipts(everything=True):
+            try:
+                info.wait_for_publish(_FLUSH_S / 5)
+            except (ValueError, RuntimeError) as exc:
+                log.warning("last receipts not delivered: %s", exc)
+                break
+        if self.uplink is not None:
+            self.uplink.stop()
+        if self.publisher is not None:
+            self.publisher.stop()
+        self.metrics.close()
+        log.info("bridge %s stopped", self.settings.client_id)
+
+    def stats(self) -> dict[str, Any]:
+        """The metrics as a plain dict (counters, ``in_flight``, ``dead_lettered`` by reason …)."""
+        return self.metrics.snapshot()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        """The bridge loop: serve Kafka delivery callbacks and send due receipts."""
+        assert self.producer is not None
+        poll_s = min(0.01, self.settings.receipt_interval_ms / 2000)
+        while not self._stop.is_set():
+            try:
+                self.producer.poll(poll_s)
+                self._publish_receipts()
+            except Exception:
+                log.exception("bridge loop error (continuing)")
+                self._stop.wait(0.5)
+
+    def _publish_receipts(self, everything: bool = False) -> list[MQTTMessageInfo]:
+        if self.publisher is None:
+            return []
+        sent = []
+        for receipt in self.receipts.due(everything):
+            topic = mqtt_topic(receipt.agent_id, Down.RECEIPTS)
+            sent.append(self.publisher.client.publish(topic, encode(receipt), qos=1))
+            self.metrics.receipts.inc()
+            self.metrics.receipt_ids.labels("accepted").inc(len(receipt.accepted))
+            self.metrics.receipt_ids.labels("rejected").inc(len(receipt.rejected))
+            log.debug(
+                "receipt to %s: %d accepted, %d rejected",
+                receipt.agent_id,
+                len(receipt.accepted),
+                len(receipt.rejected),
+            )
+        return sent

@@ -1,0 +1,77 @@
+"""The bridge's Prometheus metrics, on a registry of its own, also readable as a plain dict."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_PREFIX = "edgecap_bridge_"
+
+
+class Metrics:
+    """Counters shared by the uplink, receipts and downlink (prometheus_client is thread-safe)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        p = _PREFIX
+        self.received = Counter(p + "received", "MQTT messages received from agents.", registry=r)
+        self.produced = Counter(p + "produced", "Records Kafka confirmed, by topic.", ["topic"], registry=r)
+        self.acknowledged = Counter(p + "acknowledged", "MQTT messages acknowledged (PUBACK).", registry=r)
+        self.receipts = Counter(p + "receipts", "Receipts published to agents.", registry=r)
+        self.receipt_ids = Counter(p + "receipt_ids", "Segment ids listed in receipts.", ["kind"], registry=r)
+        self.duplicates = Counter(p + "duplicates", "Segments seen again within the window.", registry=r)
+        self.dead_lettered = Counter(p + "dead_lettered", "Refused inputs, by reason.", ["reason"], registry=r)
+        self.delivery_failures = Counter(p + "delivery_failures", "Kafka deliveries that failed.", registry=r)
+        self.errors = Counter(p + "errors", "Messages that hit an unexpected error (left unacked).", registry=r)
+        self.in_flight = Gauge(p + "in_flight", "MQTT messages produced but not yet confirmed.", registry=r)
+        self.delivery_seconds = Histogram(
+            p + "delivery_seconds",
+            "Time from produce to Kafka's confirmation.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.reconnects = Counter(p + "reconnects", "MQTT reconnections, by client.", ["client"], registry=r)
+        self.connected = Gauge(p + "mqtt_connected", "1 while the uplink is subscribed.", registry=r)
+        self.downlink_published = Counter(p + "downlink_published", "Finals published to agents.", registry=r)
+        self.downlink_failures = Counter(p + "downlink_failures", "Finals whose publish failed.", registry=r)
+        self._server: Any = None
+
+    def serve(self, port: int, host: str) -> None:
+        """Serve ``/metrics`` on ``port`` (0 = do not serve)."""
+        if port:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+            log.info("metrics on http://%s:%d/metrics", host, port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every metric as plain numbers; labelled counters become ``{label: value}`` dicts."""
+        out: dict[str, Any] = {}
+        for family in self.registry.collect():
+            name = family.name.removeprefix(_PREFIX)
+            for sample in family.samples:
+                if family.type == "histogram":
+                    if sample.name.endswith("_count"):
+                        out[name + "_count"] = sample.value
+                    elif sample.name.endswith("_sum"):
+                        out[name + "_sum"] = sample.value
+                    continue
+                if sample.name.endswith("_created"):
+                    continue
+                if sample.labels:
+                    label = next(iter(sample.labels.values()))
+                    out.setdefault(name, {})[label] = sample.value
+                else:
+                    out[name] = sample.value
+        for labelled in ("produced", "dead_lettered", "reconnects", "receipt_ids"):
+            out.setdefault(labelled, {})
+        return out

@@ -1,0 +1,86 @@
+"""What makes an uploaded segment acceptable, and what can still be read from one that is not."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+from contracts import DeadLetter, DecodeError, Reason, Rejection, Segment, decode, parse_mqtt_topic
+from contracts.topics import Up
+
+
+class Refused(Exception):
+    """An MQTT message the bridge will not forward; carries everything its dead letter needs."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def topic_agent(topic: str) -> str:
+    """The agent id in an uplink segments topic; :class:`Refused` for any other topic."""
+    try:
+        agent_id, channel = parse_mqtt_topic(topic)
+    except ValueError as exc:
+        raise Refused(Reason.INVALID, str(exc)) from exc
+    if channel != Up.SEGMENTS.value:
+        raise Refused(Reason.INVALID, f"unexpected channel {channel!r} on {topic!r}")
+    return agent_id
+
+
+def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: list[int], max_audio_s: float) -> Segment:
+    """Decode and check one uploaded segment sent on ``agent_id``'s topic, or raise :class:`Refused`."""
+    try:
+        segment = decode(raw, Segment, max_bytes=max_bytes)
+    except DecodeError as exc:
+        reason = exc.reason
+        if reason is Reason.INVALID and exc.detail.startswith("audio"):
+            reason = Reason.BAD_AUDIO
+        raise Refused(reason, exc.detail) from exc
+    if segment.agent_id != agent_id:
+        raise Refused(Reason.SPOOFED_AGENT, f"envelope agent_id {segment.agent_id!r} sent on the topic of {agent_id!r}")
+    if segment.audio.sample_rate not in sample_rates:
+        raise Refused(Reason.BAD_AUDIO, f"sample rate {segment.audio.sample_rate} Hz is not one of {sample_rates}")
+    if segment.audio.duration_s > max_audio_s:
+        raise Refused(Reason.BAD_AUDIO, f"audio lasts {segment.audio.duration_s:.2f} s, more than {max_audio_s:g} s")
+    return segment
+
+
+_SEGMENT_ID_FIELD = re.compile(rb'"segment_id"\s*:\s*"([^"\\]{1,128})"')
+_SCAN_BYTES = 4096
+
+
+def readable_segment_id(raw: bytes, max_bytes: int) -> str | None:
+    """The ``segment_id`` of a refused payload, if one can be read: a JSON parse (up to
+    ``max_bytes``), else a scan of the first bytes (a truncated message still names its id)."""
+    value: object = None
+    try:
+        obj = json.loads(raw) if len(raw) <= max_bytes else None
+        value = obj.get("segment_id") if isinstance(obj, dict) else None
+    except (ValueError, UnicodeDecodeError):
+        pass
+    if value is None:
+        found = _SEGMENT_ID_FIELD.search(raw[:_SCAN_BYTES])
+        value = found.group(1).decode("ascii", "replace") if found else None
+    if not isinstance(value, str):
+        return None
+    try:
+        Rejection(segment_id=value, reason="probe")
+    except ValueError:
+        return None
+    return value
+
+
+def dead_letter(raw: bytes, topic: str, agent_id: str | None, refused: Refused, keep_bytes: int) -> DeadLetter:
+    """The dead-letter record of a refused MQTT message, payload truncated to ``keep_bytes``."""
+    return DeadLetter(
+        reason=refused.reason.value,
+        detail=refused.detail,
+        source=topic,
+        agent_id=agent_id,
+        received_at=time.time(),
+        payload=raw[:keep_bytes],
+        truncated=len(raw) > keep_bytes,
+    )
