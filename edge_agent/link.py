@@ -114,7 +114,7 @@ class MqttLink:
         self._wake.set()
 
     def _on_disconnect(self, _c: object, _ud: object, _flags: object, reason: object, _p: object) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stop.is_set():
             log.warning("MQTT disconnected: %s", reason)
             self.counters["disconnects"] += 1
         self.connected.clear()
