@@ -1,0 +1,200 @@
+"""Whisper in ONNX Runtime: int8 encoder + decoder made by ``edgecap models prepare``.
+
+Needs only numpy, onnxruntime and tokenizers. Greedy decoding with a key/value cache, without
+timestamps: one transcript segment spans the audio (the agent's VAD already cut it into an
+utterance of at most 30 s). Tokens are suppressed as Whisper does (its ``suppress_tokens``, the
+special tokens, timestamps, and blank/end-of-text at the first step); a window that the model
+thinks holds no speech (Whisper's no-speech and log-probability thresholds) gives empty text.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from contracts import Transcript, TranscriptSegment
+from edge_agent.asr.mel import N_SAMPLES, SAMPLE_RATE, log_mel
+
+log = logging.getLogger(__name__)
+
+FILES = ("encoder.onnx", "decoder.onnx", "tokenizer.json", "manifest.json")
+NO_SPEECH_THRESHOLD = 0.6
+LOGPROB_THRESHOLD = -1.0
+# Whisper samples at most half the text context per window.
+MAX_NEW_TOKENS = 224
+
+
+class ModelNotPrepared(FileNotFoundError):
+    """The model folder is missing or incomplete."""
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """Result of greedy decoding of one window."""
+
+    tokens: list[int]
+    avg_logprob: float
+    no_speech_prob: float
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())
+
+
+class OnnxWhisper:
+    """Speech to text on the device; sessions are built once and reused (thread-safe ``transcribe``)."""
+
+    engine = "onnx"
+
+    def __init__(self, model_dir: Path, *, threads: int = 2, language: str | None = None) -> None:
+        model_dir = Path(model_dir).expanduser()
+        missing = [f for f in FILES if not (model_dir / f).is_file()]
+        if missing:
+            raise ModelNotPrepared(
+                f"{model_dir} lacks {', '.join(missing)}: run `edgecap models prepare` "
+                "and point the agent at <models_dir>/<model>/onnx-int8"
+            )
+        self.model_dir = model_dir
+        self.manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+        self.model_id: str = self.manifest["model_id"]
+        self.multilingual: bool = bool(self.manifest["multilingual"])
+        self._tokens: dict[str, int] = self.manifest["tokens"]
+        self._n_mels = int(self.manifest["n_mels"])
+        self.language = self._check_language(language)
+        self._encoder = _session(model_dir / "encoder.onnx", threads)
+        self._decoder = _session(model_dir / "decoder.onnx", threads)
+        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        self._suppress = self._suppress_mask()
+        self._begin_suppress = np.array(self.manifest["begin_suppress_tokens"], dtype=np.int64)
+        layers, heads = int(self.manifest["decoder_layers"]), int(self.manifest["decoder_heads"])
+        self._past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
+        self._cross_names = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
+        empty = np.zeros((1, heads, 0, int(self.manifest["d_model"]) // heads), np.float32)
+        self._empty_past = [empty] * (2 * layers)
+        log.info("loaded %s from %s (%d threads)", self.model_id, model_dir, threads)
+
+    def _check_language(self, language: str | None) -> str | None:
+        if not self.multilingual:
+            if language not in (None, "en"):
+                raise ValueError(f"{self.model_id} is English-only; language {language!r} is not available")
+            return "en"
+        if language is not None and language not in self.manifest["languages"]:
+            raise ValueError(f"{self.model_id} does not know language {language!r}")
+        return language
+
+    def _suppress_mask(self) -> np.ndarray:
+        vocab = int(self.manifest["vocab_size"])
+        mask = np.zeros(vocab, dtype=bool)
+        mask[[t for t in self.manifest["suppress_tokens"] if 0 <= t < vocab]] = True
+        # Every special token but end-of-text, and all timestamps (we decode without them).
+        mask[self._tokens["eos"] + 1 :] = True
+        return mask
+
+    def warmup(self) -> None:
+        """Run one short window so the first real segment pays no start-up cost."""
+        self.decode(np.zeros(SAMPLE_RATE, dtype=np.float32), max_new_tokens=2)
+
+    def _prompt(self, cross: list[np.ndarray]) -> tuple[list[int], str | None]:
+        tokens = self._tokens
+        if not self.multilingual:
+            return [tokens["sot"], tokens["no_timestamps"]], "en"
+        language = self.language or self._detect_language(cross)
+        lang_id = self.manifest["languages"][language]
+        return [tokens["sot"], lang_id, tokens["transcribe"], tokens["no_timestamps"]], language
+
+    def _detect_language(self, cross: list[np.ndarray]) -> str:
+        logits = self._decoder.run(["logits"], self._feed([self._tokens["sot"]], None, cross))[0]
+        languages = self.manifest["languages"]
+        ids = np.array(list(languages.values()))
+        best = int(ids[np.argmax(logits[0, -1, ids])])
+        return next(code for code, token in languages.items() if token == best)
+
+    def _feed(self, ids: list[int], past: list[np.ndarray] | None, cross: list[np.ndarray]) -> dict[str, np.ndarray]:
+        feed: dict[str, np.ndarray] = {"input_ids": np.array([ids], dtype=np.int64)}
+        feed.update(zip(self._past_names, past if past is not None else self._empty_past, strict=True))
+        feed.update(zip(self._cross_names, cross, strict=True))
+        return feed
+
+    @staticmethod
+    def _audio(audio: np.ndarray) -> np.ndarray:
+        audio = np.asarray(audio)
+        if audio.ndim != 1:
+            raise ValueError(f"expected mono audio (1-D), got shape {audio.shape}")
+        if audio.dtype == np.int16:
+            audio = audio.astype(np.float32) / 32768.0
+        audio = audio.astype(np.float32, copy=False)
+        if audio.shape[0] > N_SAMPLES:
+            raise ValueError(f"audio is {audio.shape[0] / SAMPLE_RATE:.1f} s; at most 30 s per call")
+        if not np.all(np.isfinite(audio)):
+            raise ValueError("audio contains NaN or infinite samples")
+        return audio
+
+    def decode(self, audio: np.ndarray, *, max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[Decoded, str | None]:
+        """Greedy tokens of one window of float32 mono 16 kHz audio (<= 30 s), and its language."""
+        audio = self._audio(audio)
+        features = log_mel(audio, self._n_mels)[None]
+        cross = self._encoder.run(None, {"input_features": features})
+        prompt, language = self._prompt(cross)
+        limit = min(max_new_tokens, int(self.manifest["max_target_positions"]) - len(prompt))
+        eos = self._tokens["eos"]
+        tokens: list[int] = []
+        logprob_sum = 0.0
+        no_speech_prob = 0.0
+        ids: list[int] = prompt
+        past: list[np.ndarray] | None = None
+        for step in range(limit):
+            logits, *past = self._decoder.run(None, self._feed(ids, past, cross))
+            if step == 0 and self._tokens.get("no_speech") is not None:
+                first = _log_softmax(logits[0, 0].astype(np.float64))  # after <|startoftranscript|>
+                no_speech_prob = float(np.exp(first[self._tokens["no_speech"]]))
+            scores = logits[0, -1].astype(np.float64)
+            scores[self._suppress] = -np.inf
+            if step == 0:
+                scores[self._begin_suppress] = -np.inf
+            token = int(np.argmax(scores))
+            logprob_sum += float(_log_softmax(logits[0, -1].astype(np.float64))[token])
+            if token == eos:
+                break
+            tokens.append(token)
+            ids = [token]
+        avg_logprob = logprob_sum / max(1, len(tokens) + 1)
+        return Decoded(tokens=tokens, avg_logprob=avg_logprob, no_speech_prob=no_speech_prob), language
+
+    def text(self, tokens: list[int]) -> str:
+        """Text of content tokens (timestamps and specials dropped)."""
+        content = [t for t in tokens if t < self._tokens["eos"]]
+        return self._tokenizer.decode(content, skip_special_tokens=True).strip()
+
+    def transcribe(self, audio: np.ndarray) -> Transcript:
+        """Transcript of float32 mono 16 kHz audio of at most 30 s."""
+        audio = self._audio(audio)
+        duration = audio.shape[0] / SAMPLE_RATE
+        text, language = "", self.language
+        if audio.shape[0]:
+            decoded, language = self.decode(audio)
+            silent = decoded.no_speech_prob > NO_SPEECH_THRESHOLD and decoded.avg_logprob < LOGPROB_THRESHOLD
+            if silent:
+                log.debug("no speech (p=%.2f, avg logprob %.2f)", decoded.no_speech_prob, decoded.avg_logprob)
+            else:
+                text = self.text(decoded.tokens)
+        segments = [TranscriptSegment(start=0.0, end=round(duration, 3), text=text)] if text else []
+        return Transcript(
+            text=text, model_id=self.model_id, language=language, segments=segments, produced_at=time.time()
+        )
