@@ -1,0 +1,1 @@
+"""edgecap cloud side: transcription worker, reconciler, caption store and dashboard."""

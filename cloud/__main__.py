@@ -1,0 +1,58 @@
+"""``edgecap worker transcribe|reconcile`` (also ``python -m cloud …``): run one cloud worker."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from cloud.command import add_common_options, load_settings, show_settings, stop_on_signals
+from cloud.metrics import serve
+from cloud.settings import WorkerSettings
+from edgecap.logs import configure
+
+log = logging.getLogger(__name__)
+
+WORKERS = {
+    "transcribe": "transcribe segments with Whisper (consumer group edgecap-transcribe)",
+    "reconcile": "merge drafts and transcripts into final captions (consumer group edgecap-reconcile)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="edgecap worker", description="Run a cloud worker.")
+    common = argparse.ArgumentParser(add_help=False)
+    add_common_options(common)
+    sub = parser.add_subparsers(dest="worker", required=True, metavar="{transcribe,reconcile}")
+    for name, help_ in WORKERS.items():
+        sub.add_parser(name, parents=[common], help=help_, description=help_)
+    args = parser.parse_args(argv)
+
+    configure(args.debug, f"worker-{args.worker}")
+    settings = load_settings(WorkerSettings, args)
+    if settings is None:
+        return 2
+    if args.check_config:
+        show_settings(settings)
+        return 0
+
+    stop = stop_on_signals()
+    serve(settings.metrics_port)
+    if args.worker == "transcribe":
+        from cloud.asr import EngineError
+        from cloud.transcribe import TranscribeWorker
+
+        try:
+            worker = TranscribeWorker(settings)
+        except EngineError as exc:
+            log.error("%s", exc)
+            return 2
+        worker.run(stop)
+    else:
+        from cloud.reconcile import Reconciler
+
+        Reconciler(settings).run(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,126 @@
+"""Whisper through Hugging Face transformers: any local checkpoint, batched greedy decoding.
+
+fp32 on CPU, fp16 on CUDA. The checkpoint is a local directory (``edgecap models prepare`` writes
+``…/<model>/hf``; production may point at a downloaded ``openai/whisper-large-v3``); nothing is
+ever fetched from the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloud.asr.base import EngineError, TranscriptionEngine, register
+from cloud.audio import SAMPLE_RATE
+from cloud.settings import WorkerSettings
+from contracts import Transcript, TranscriptSegment
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 30.0
+
+
+def model_id_for(model_dir: Path) -> str:
+    """A model name from its directory: ``…/tiny.en/hf`` → ``whisper-tiny.en-hf``."""
+    path = model_dir.expanduser().resolve()
+    name = f"{path.parent.name}-{path.name}" if path.name in ("hf", "fp16", "fp32") else path.name
+    return name if name.startswith("whisper") else f"whisper-{name}"
+
+
+@register
+class TransformersWhisper(TranscriptionEngine):
+    """``engine = "transformers"``: WhisperForConditionalGeneration + WhisperProcessor."""
+
+    type_key = "transformers"
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        super().__init__(settings)
+        model_dir = settings.model_dir.expanduser()
+        if not (model_dir / "config.json").is_file():
+            raise EngineError(f"no Whisper checkpoint in {model_dir}: run `edgecap models prepare` or set model_dir")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
+        try:
+            import torch
+            from transformers import WhisperForConditionalGeneration, WhisperProcessor
+        except ImportError as exc:
+            raise EngineError(f"the transformers engine needs `pip install 'edgecap[cloud]'`: {exc}") from exc
+
+        self._torch = torch
+        if settings.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        else:
+            self.device = settings.device
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise EngineError("device is cuda but torch sees no CUDA device")
+        if settings.threads is not None:
+            torch.set_num_threads(settings.threads)
+        self.dtype = torch.float16 if self.device == "cuda" else torch.float32
+
+        started = time.monotonic()
+        self.processor: Any = WhisperProcessor.from_pretrained(model_dir, local_files_only=True)
+        model: Any = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=self.dtype, local_files_only=True)
+        self.model: Any = model.to(self.device).eval()
+        self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
+        self.language = settings.language if self.multilingual else "en"
+        self.model_id = settings.model_id or model_id_for(model_dir)
+        log.info(
+            "loaded %s from %s on %s (%s) in %.1f s",
+            self.model_id,
+            model_dir,
+            self.device,
+            str(self.dtype).removeprefix("torch."),
+            time.monotonic() - started,
+        )
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
+        texts = [""] * len(audios)
+        todo = [i for i, a in enumerate(audios) if a.size > 0]
+        for i in todo:
+            if audios[i].size > WINDOW_S * SAMPLE_RATE:
+                log.warning(
+                    "segment of %.1f s is longer than Whisper's window: only 30 s are transcribed",
+                    audios[i].size / SAMPLE_RATE,
+                )
+        if todo:
+            for i, text in zip(todo, self._generate([audios[i] for i in todo]), strict=True):
+                texts[i] = text
+        produced_at = time.time()
+        return [
+            Transcript(
+                text=text,
+                model_id=self.model_id,
+                language=self.language,
+                segments=[TranscriptSegment(start=0.0, end=audio.size / SAMPLE_RATE, text=text)] if text else [],
+                produced_at=produced_at,
+            )
+            for audio, text in zip(audios, texts, strict=True)
+        ]
+
+    def _generate(self, audios: list[np.ndarray]) -> list[str]:
+        torch = self._torch
+        inputs = self.processor.feature_extractor(
+            [a.astype(np.float32, copy=False) for a in audios],
+            sampling_rate=SAMPLE_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,
+        )
+        features = inputs.input_features.to(self.device, self.dtype)
+        mask = inputs.attention_mask.to(self.device)
+        options: dict[str, Any] = {"do_sample": False, "num_beams": 1, "max_new_tokens": self.settings.max_new_tokens}
+        if self.multilingual:
+            options["task"] = "transcribe"
+            if self.language:
+                options["language"] = self.language
+        with torch.inference_mode():
+            tokens = self.model.generate(features, attention_mask=mask, **options)
+        return [t.strip() for t in self.processor.batch_decode(tokens, skip_special_tokens=True)]
+
+    def close(self) -> None:
+        del self.model
+        if self.device == "cuda":
+            self._torch.cuda.empty_cache()

@@ -1,0 +1,171 @@
+// edgecap dashboard: polls /api/segments every second and updates caption rows in place.
+"use strict";
+
+const POLL_MS = 1000;
+const LIMIT = 200;
+
+const tbody = document.getElementById("captions");
+const empty = document.getElementById("empty");
+const live = document.getElementById("live");
+const agentFilter = document.getElementById("agent-filter");
+const rows = new Map(); // segment_id -> { tr, cells, key }
+const agents = new Set();
+let loaded = false; // after the first render, new and changed rows flash
+let timer = null;
+let generation = 0; // bumped when the filter changes: answers to older requests are dropped
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function clock(seconds) {
+  return new Date(seconds * 1000).toLocaleTimeString([], { hour12: false });
+}
+
+// Words of `text` that are not in the longest common word sequence with `draft` are marked.
+function wordsWithChanges(text, draft) {
+  const norm = (w) => w.toLowerCase().replace(/[^\p{L}\p{N}']/gu, "");
+  const a = text.split(/\s+/).filter(Boolean);
+  const b = (draft || "").split(/\s+/).filter(Boolean).map(norm);
+  const lcs = Array.from({ length: a.length + 1 }, () => new Array(b.length + 1).fill(0));
+  for (let i = a.length - 1; i >= 0; i--) {
+    for (let j = b.length - 1; j >= 0; j--) {
+      lcs[i][j] = norm(a[i]) === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = document.createDocumentFragment();
+  let i = 0, j = 0;
+  while (i < a.length) {
+    if (j < b.length && norm(a[i]) === b[j]) { out.append(a[i]); i++; j++; }
+    else if (j < b.length && lcs[i][j + 1] >= lcs[i + 1][j]) { j++; continue; }
+    else { out.append(draft ? el("mark", "", a[i]) : a[i]); i++; }
+    if (i < a.length) out.append(" ");
+  }
+  return out;
+}
+
+function createRow(seg) {
+  const tr = el("tr");
+  tr.dataset.segmentId = seg.segment_id;
+  const cells = {};
+  for (const name of ["time", "agent", "draft", "final", "state"]) {
+    cells[name] = el("td", name);
+    tr.append(cells[name]);
+  }
+  cells.time.append(el("span", "time", clock(seg.started_at)),
+                    el("span", "sub", `${(seg.ended_at - seg.started_at).toFixed(1)} s`));
+  cells.agent.append(el("span", "agent", seg.agent_id), el("span", "sub", `#${seg.seq}`));
+  return { tr, cells, key: "" };
+}
+
+function updateRow(entry, seg) {
+  const key = JSON.stringify([seg.draft, seg.final]);
+  if (key === entry.key) return;
+  entry.key = key;
+  const { tr, cells } = entry;
+  const final = seg.final;
+
+  cells.draft.replaceChildren();
+  if (seg.draft) {
+    cells.draft.append(el("span", "draft-text", seg.draft.text || "(silence)"),
+                       el("span", "sub", seg.draft.model_id));
+  } else {
+    cells.draft.append(el("span", "pending", "no draft received"));
+  }
+
+  cells.final.replaceChildren();
+  cells.state.replaceChildren();
+  if (final) {
+    const text = el("span", "final-text");
+    if (final.text) text.append(wordsWithChanges(final.text, seg.draft && seg.draft.text));
+    else text.textContent = "(silence)";
+    const lag = final.stored_at - seg.ended_at;
+    cells.final.append(text, el("span", "sub", `${final.model_id} · v${final.version} · +${lag.toFixed(1)} s`));
+    cells.state.append(el("span", `badge final ${final.source}`, `final · ${final.source}`));
+  } else {
+    cells.final.append(el("span", "pending", "waiting for the cloud…"));
+    cells.state.append(el("span", "badge draft", "draft"));
+  }
+  tr.className = final ? (final.source === "edge" ? "is-final from-edge" : "is-final") : "is-draft";
+  tr.dataset.state = final ? "final" : "draft";
+  if (loaded) tr.classList.add("fresh");
+}
+
+function render(segments) {
+  const seen = new Set();
+  let previous = null;
+  for (const seg of segments) {
+    seen.add(seg.segment_id);
+    let entry = rows.get(seg.segment_id);
+    if (!entry) {
+      entry = createRow(seg);
+      rows.set(seg.segment_id, entry);
+    }
+    updateRow(entry, seg);
+    const wanted = previous ? previous.nextSibling : tbody.firstChild;
+    if (wanted !== entry.tr) tbody.insertBefore(entry.tr, wanted);
+    previous = entry.tr;
+    if (!agents.has(seg.agent_id)) {
+      agents.add(seg.agent_id);
+      agentFilter.append(el("option", "", seg.agent_id));
+      agentFilter.lastChild.value = seg.agent_id;
+    }
+  }
+  for (const [id, entry] of rows) {
+    if (!seen.has(id)) {
+      entry.tr.remove();
+      rows.delete(id);
+    }
+  }
+  empty.hidden = rows.size > 0;
+  loaded = true;
+}
+
+function renderStats(stats) {
+  for (const name of ["segments", "drafts", "finals"]) {
+    document.getElementById(`stat-${name}`).textContent = stats[name];
+  }
+}
+
+async function fetchJSON(url) {
+  const response = await fetch(url, { cache: "no-store" });
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  return response.json();
+}
+
+async function poll() {
+  const asked = generation;
+  try {
+    const params = new URLSearchParams({ limit: String(LIMIT) });
+    if (agentFilter.value) params.set("agent_id", agentFilter.value);
+    const [segments, stats] = await Promise.all([
+      fetchJSON(`/api/segments?${params}`),
+      fetchJSON("/api/stats"),
+    ]);
+    if (asked !== generation) return;
+    render(segments);
+    renderStats(stats);
+    live.textContent = `live · ${clock(Date.now() / 1000)}`;
+    live.className = "live ok";
+  } catch (error) {
+    live.textContent = "offline: retrying";
+    live.className = "live down";
+    console.warn(error);
+  } finally {
+    if (asked === generation) timer = setTimeout(poll, POLL_MS);
+  }
+}
+
+agentFilter.addEventListener("change", () => {
+  generation++;
+  clearTimeout(timer);
+  for (const entry of rows.values()) entry.tr.remove();
+  rows.clear();
+  loaded = false;
+  poll();
+});
+
+poll();

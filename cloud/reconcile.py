@@ -1,0 +1,124 @@
+"""The reconciler: joins edge drafts and cloud transcripts per segment into one final caption.
+
+Consumer group ``edgecap-reconcile`` on ``edgecap.drafts`` and ``edgecap.transcripts``. A draft is
+stored (version 1). A transcript is reconciled with the draft by :meth:`Store.record_final` (rule
+in :mod:`cloud.store`), the resulting :class:`~contracts.Final` is produced to ``edgecap.finals``
+keyed by ``agent_id``, and only after its delivery is the record's offset stored. A duplicate
+transcript (the segment already has a final) is counted and produces nothing — unless the earlier
+final was stored but never delivered (a crash in between), in which case the stored final is sent.
+Undecodable records go to ``edgecap.deadletter``; a store or Kafka failure rewinds the batch and
+retries it after a pause.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from confluent_kafka import Message
+from sqlalchemy.exc import SQLAlchemyError
+
+from cloud.kafka_io import (
+    Publisher,
+    dead_letter,
+    ensure_topics,
+    open_consumer,
+    poll_batch,
+    rewind,
+    store_offsets,
+)
+from cloud.metrics import Tally
+from cloud.settings import WorkerSettings
+from cloud.store import Store
+from contracts import CloudTranscript, DecodeError, Draft, Kafka, decode, encode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "edgecap-reconcile"
+MAX_BATCH = 200
+RETRY_PAUSE_S = 2.0
+
+
+class Reconciler:
+    """One reconciler instance; :meth:`run` until ``stop`` is set."""
+
+    def __init__(self, settings: WorkerSettings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.group = settings.group or DEFAULT_GROUP
+        self.store = store or Store(settings.store_url)
+        self.tally = Tally("reconcile")
+
+    def run(self, stop: threading.Event) -> None:
+        s = self.settings
+        ensure_topics(s.kafka, [Kafka.DRAFTS, Kafka.TRANSCRIPTS, Kafka.FINALS, Kafka.DEADLETTER], s.topic_partitions)
+        publisher = Publisher(s.kafka)
+        consumer = open_consumer(s.kafka, self.group, [Kafka.DRAFTS, Kafka.TRANSCRIPTS], s.session_timeout_ms)
+        try:
+            while not stop.is_set():
+                batch = poll_batch(consumer, MAX_BATCH, max_wait_s=0.05)
+                if not batch:
+                    continue
+                if self.handle(batch, publisher):
+                    store_offsets(consumer, batch)
+                else:
+                    self.tally.add("retried_batch")
+                    rewind(consumer, batch)
+                    stop.wait(RETRY_PAUSE_S)
+        finally:
+            publisher.close()
+            consumer.close()
+            log.info("reconciler stopped: %s", dict(self.tally.counts))
+
+    def handle(self, batch: list[Message], publisher: Publisher) -> bool:
+        """Store and publish everything in ``batch``; False if it must be retried."""
+        sent: list[str] = []
+        try:
+            for msg in batch:
+                self._one(msg, publisher, sent)
+        except SQLAlchemyError:
+            log.exception("store failed; the batch will be retried")
+            return False
+        if not publisher.deliver():
+            return False
+        try:
+            self.store.mark_published(sent)
+        except SQLAlchemyError:  # the finals are out; a retry would only re-send them
+            log.exception("could not mark %d finals published", len(sent))
+        return True
+
+    def _one(self, msg: Message, publisher: Publisher, sent: list[str]) -> None:
+        raw = msg.value() or b""
+        try:
+            if msg.topic() == Kafka.DRAFTS:
+                self._draft(decode(raw, Draft))
+            else:
+                self._transcript(decode(raw, CloudTranscript), publisher, sent)
+        except DecodeError as exc:
+            log.warning("dead letter from %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            letter = dead_letter(msg, exc.reason.value, exc.detail)
+            publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
+            self.tally.add("dead_letter")
+
+    def _draft(self, draft: Draft) -> None:
+        if self.store.upsert_draft(draft):
+            self.tally.add("draft")
+        else:
+            log.info("duplicate draft %s from %s", draft.segment_id, draft.agent_id)
+            self.tally.add("duplicate_draft")
+
+    def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[str]) -> None:
+        final = self.store.record_final(transcript)
+        if final is not None:
+            self.tally.add("final")
+            log.debug("final %s (%s): %s", final.segment_id, final.source, final.text)
+        else:
+            already_sent = transcript.segment_id in sent
+            final = None if already_sent else self.store.unpublished_final(transcript.segment_id)
+            if final is None:
+                log.info("duplicate transcript %s from %s", transcript.segment_id, transcript.agent_id)
+                self.tally.add("duplicate_transcript")
+                return
+            log.warning("final %s was stored but never published: sending it now", final.segment_id)
+            self.tally.add("republished_final")
+        publisher.send(Kafka.FINALS, final.agent_id, encode(final))
+        sent.append(final.segment_id)

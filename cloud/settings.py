@@ -1,0 +1,57 @@
+"""Settings of the cloud workers (``EDGECAP_WORKER_…``) and the dashboard (``EDGECAP_DASHBOARD_…``)."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from contracts.settings import KafkaSettings, ServiceSettings
+
+DEFAULT_STORE_URL = "sqlite:///edgecap.db"
+
+
+class WorkerSettings(ServiceSettings):
+    """Settings of ``edgecap worker transcribe`` and ``edgecap worker reconcile``."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECAP_WORKER_", extra="forbid", env_nested_delimiter="__")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description="Kafka connection.")
+    group: str | None = Field(
+        None, description="Consumer group; default edgecap-transcribe / edgecap-reconcile by worker."
+    )
+    session_timeout_ms: int = Field(
+        10000, ge=1000, le=300000, description="Consumer group session timeout (a dead worker's partitions move)."
+    )
+    topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics created when missing.")
+    store_url: str = Field(DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store (reconciler).")
+    engine: str = Field("transformers", description="Transcription engine plugin (its type_key): transformers.")
+    model_dir: Path = Field(
+        Path("~/.cache/edgecap/models/tiny.en/hf").expanduser(),
+        description="Local Hugging Face Whisper directory (…/<model>/hf); nothing is downloaded.",
+    )
+    model_id: str | None = Field(None, description="Model name written into transcripts; default: from model_dir.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    threads: int | None = Field(None, ge=1, le=256, description="CPU inference threads (None: torch's default).")
+    language: str | None = Field(None, description="Language code for multilingual models (None: detect).")
+    max_new_tokens: int = Field(200, ge=1, le=440, description="Most tokens generated per segment.")
+    batch_size: int = Field(8, ge=1, le=256, description="Most segments transcribed in one engine call.")
+    max_wait_ms: int = Field(200, ge=0, le=60000, description="Longest wait to fill a batch after its first segment.")
+    worker_name: str = Field(
+        default_factory=socket.gethostname,
+        description="This worker instance's name, written into each transcript.",
+    )
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+
+
+class DashboardSettings(ServiceSettings):
+    """Settings of ``edgecap dashboard``."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECAP_DASHBOARD_", extra="forbid", env_nested_delimiter="__")
+
+    store_url: str = Field(DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store.")
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")

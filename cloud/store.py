@@ -1,0 +1,372 @@
+"""The caption store: one row per segment (edge draft and final caption) plus every caption version.
+
+SQLite by default (a file in WAL mode), PostgreSQL by URL. Exactly one final per ``segment_id``
+is guaranteed by the database, not by reading first: the final is claimed with
+``UPDATE … WHERE final_version IS NULL`` and versions are inserted with ``ON CONFLICT DO NOTHING``,
+so two reconcilers racing on the same transcript store one final and the loser sees a duplicate.
+Drafts and transcripts may arrive in either order; whichever comes first creates the row.
+
+Reconciliation rule (see :func:`reconcile`): the final caption is the cloud text (version 2,
+source ``cloud``); the edge draft stays as version 1. If the cloud text is empty but a draft with
+text is already known, the draft text is kept as the final (still version 2, source ``edge``).
+A draft that arrives after its final is stored as version 1 and does not change the final.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Engine,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import StaticPool
+
+from cloud.captions import CaptionVersion, DraftRow, FinalRow, SegmentRow
+from contracts import CloudTranscript, Draft, Final, decode, encode
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentRow", "Store", "reconcile"]
+
+DRAFT_VERSION = 1
+FINAL_VERSION = 2
+
+metadata = MetaData()
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("segment_id", String(128), primary_key=True),
+    Column("agent_id", String(64), nullable=False),
+    Column("seq", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("draft_text", Text),
+    Column("draft_model_id", String(200)),
+    Column("draft_produced_at", Float),
+    Column("final_text", Text),
+    Column("final_model_id", String(200)),
+    Column("final_produced_at", Float),
+    Column("final_source", String(8)),
+    Column("final_version", Integer),
+    Column("final_stored_at", Float),
+    Column("final_message", Text, comment="The Final as sent on the wire (re-sent if never published)."),
+    Column("final_published_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_segments_started_at", "started_at"),
+    Index("ix_segments_agent_seq", "agent_id", "seq"),
+)
+
+caption_versions = Table(
+    "caption_versions",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("segment_id", String(128), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model_id", String(200), nullable=False),
+    Column("produced_at", Float, nullable=False),
+    UniqueConstraint("segment_id", "version", name="uq_caption_versions_segment_version"),
+)
+
+
+# --- the reconciliation rule ------------------------------------------------------------
+
+
+def reconcile(transcript: CloudTranscript, draft_text: str | None, draft_model_id: str | None) -> Final:
+    """The final caption of a segment from the cloud transcript and the edge draft, if known."""
+    cloud_text = transcript.transcript.text.strip()
+    edge_text = (draft_text or "").strip()
+    edge_wins = not cloud_text and bool(edge_text)
+    return Final(
+        agent_id=transcript.agent_id,
+        segment_id=transcript.segment_id,
+        seq=transcript.seq,
+        started_at=transcript.started_at,
+        ended_at=transcript.ended_at,
+        text=edge_text if edge_wins else cloud_text,
+        source="edge" if edge_wins else "cloud",
+        version=FINAL_VERSION,
+        transcript=transcript.transcript,
+        draft_text=draft_text,
+    )
+
+
+# --- the store --------------------------------------------------------------------------
+
+
+def _sqlite_setup(engine: Engine) -> None:
+    """WAL, a busy timeout, and write transactions that take the write lock at BEGIN.
+
+    ``BEGIN IMMEDIATE`` lets concurrent writers wait for each other (busy timeout) instead of
+    failing when a read transaction tries to upgrade to a write.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        readonly = conn.get_execution_options().get("edgecap_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+
+class Store:
+    """Segments, their edge drafts and final captions, and every caption version."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        parsed = make_url(url)
+        self.dialect = parsed.get_backend_name()
+        if self.dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported store {parsed.render_as_string(hide_password=True)}: sqlite or postgresql")
+        if self.dialect == "sqlite" and parsed.database in (None, "", ":memory:"):
+            # one shared connection, or every pooled connection would see its own empty database
+            self.engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        else:
+            self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+        if self.dialect == "sqlite":
+            _sqlite_setup(self.engine)
+        self._reader = self.engine.execution_options(edgecap_readonly=True)
+        self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
+        if create:
+            metadata.create_all(self.engine)
+        log.info("store at %s", parsed.render_as_string(hide_password=True))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- writes -------------------------------------------------------------------------
+
+    def upsert_draft(self, draft: Draft) -> bool:
+        """Store an edge draft as version 1; False if this segment's draft was already known."""
+        now = time.time()
+        t = draft.draft
+        values = {
+            "draft_text": t.text.strip(),
+            "draft_model_id": t.model_id,
+            "draft_produced_at": t.produced_at,
+            "updated_at": now,
+        }
+        insert = self._insert(segments).values(
+            segment_id=draft.segment_id,
+            agent_id=draft.agent_id,
+            seq=draft.seq,
+            started_at=draft.started_at,
+            ended_at=draft.ended_at,
+            **values,
+        )
+        upsert = insert.on_conflict_do_update(
+            index_elements=[segments.c.segment_id],
+            set_=values,
+            where=segments.c.draft_produced_at.is_(None),
+        )
+        with self.engine.begin() as conn:
+            stored = conn.execute(upsert).rowcount == 1
+            if stored:
+                self._add_version(
+                    conn, draft.segment_id, DRAFT_VERSION, "edge", t.text.strip(), t.model_id, t.produced_at
+                )
+        return stored
+
+    def record_final(self, transcript: CloudTranscript) -> Final | None:
+        """Reconcile a cloud transcript with the draft and store the final caption.
+
+        Returns the :class:`~contracts.Final` to publish, or None if this segment already has a
+        final (a duplicate: nothing is changed).
+        """
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(
+                self._insert(segments)
+                .values(
+                    segment_id=transcript.segment_id,
+                    agent_id=transcript.agent_id,
+                    seq=transcript.seq,
+                    started_at=transcript.started_at,
+                    ended_at=transcript.ended_at,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[segments.c.segment_id])
+            )
+            row = conn.execute(
+                select(segments.c.draft_text, segments.c.draft_model_id).where(
+                    segments.c.segment_id == transcript.segment_id
+                )
+            ).one()
+            final = reconcile(transcript, row.draft_text, row.draft_model_id)
+            model_id: str = row.draft_model_id if final.source == "edge" else transcript.transcript.model_id
+            produced_at = transcript.transcript.produced_at
+            values = {
+                "final_text": final.text,
+                "final_model_id": model_id,
+                "final_produced_at": produced_at,
+                "final_source": final.source,
+                "final_version": final.version,
+                "final_stored_at": now,
+                "final_message": encode(final).decode("utf-8"),
+                "updated_at": now,
+            }
+            claimed = conn.execute(
+                update(segments)
+                .where(segments.c.segment_id == transcript.segment_id, segments.c.final_version.is_(None))
+                .values(**values)
+            ).rowcount
+            if claimed != 1:
+                return None
+            self._add_version(
+                conn,
+                transcript.segment_id,
+                final.version,
+                final.source,
+                final.text,
+                model_id,
+                produced_at,
+            )
+        return final
+
+    def unpublished_final(self, segment_id: str) -> Final | None:
+        """The stored final of a segment if it was never marked published (a crash in between)."""
+        with self._reader.connect() as conn:
+            message = conn.execute(
+                select(segments.c.final_message).where(
+                    segments.c.segment_id == segment_id,
+                    segments.c.final_message.is_not(None),
+                    segments.c.final_published_at.is_(None),
+                )
+            ).scalar_one_or_none()
+        return decode(message.encode("utf-8"), Final) if message else None
+
+    def mark_published(self, segment_ids: list[str]) -> None:
+        """Record that these segments' finals were delivered to Kafka."""
+        if not segment_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(segments)
+                .where(segments.c.segment_id.in_(segment_ids), segments.c.final_published_at.is_(None))
+                .values(final_published_at=time.time())
+            )
+
+    def _add_version(
+        self,
+        conn: Connection,
+        segment_id: str,
+        version: int,
+        source: str,
+        text: str,
+        model_id: str,
+        produced_at: float,
+    ) -> None:
+        conn.execute(
+            self._insert(caption_versions)
+            .values(
+                segment_id=segment_id,
+                version=version,
+                source=source,
+                text=text,
+                model_id=model_id,
+                produced_at=produced_at,
+            )
+            .on_conflict_do_nothing(index_elements=[caption_versions.c.segment_id, caption_versions.c.version])
+        )
+
+    # --- reads --------------------------------------------------------------------------
+
+    def list_segments(self, limit: int = 200, agent_id: str | None = None) -> list[SegmentRow]:
+        """The newest segments first (by capture time, then sequence number)."""
+        query = select(segments).order_by(
+            segments.c.started_at.desc(), segments.c.seq.desc(), segments.c.segment_id.desc()
+        )
+        if agent_id is not None:
+            query = query.where(segments.c.agent_id == agent_id)
+        with self._reader.connect() as conn:
+            rows = conn.execute(query.limit(max(0, limit))).all()
+        return [_view(row._mapping) for row in rows]
+
+    def get(self, segment_id: str) -> SegmentRow | None:
+        with self._reader.connect() as conn:
+            row = conn.execute(select(segments).where(segments.c.segment_id == segment_id)).first()
+        return _view(row._mapping) if row is not None else None
+
+    def versions(self, segment_id: str) -> list[CaptionVersion]:
+        """Every stored caption version of a segment, oldest version first."""
+        query = (
+            select(caption_versions)
+            .where(caption_versions.c.segment_id == segment_id)
+            .order_by(caption_versions.c.version)
+        )
+        with self._reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [
+            CaptionVersion(
+                segment_id=r.segment_id,
+                version=r.version,
+                source=r.source,
+                text=r.text,
+                model_id=r.model_id,
+                produced_at=r.produced_at,
+            )
+            for r in rows
+        ]
+
+    def counts(self) -> dict[str, int]:
+        """How many segments, drafts and finals are stored."""
+        query = select(
+            func.count(),
+            func.count(segments.c.draft_produced_at),
+            func.count(segments.c.final_version),
+        ).select_from(segments)
+        with self._reader.connect() as conn:
+            total, drafts, finals = conn.execute(query).one()
+        return {"segments": int(total), "drafts": int(drafts), "finals": int(finals)}
+
+
+def _view(row: Any) -> SegmentRow:
+    draft: DraftRow | None = None
+    if row["draft_produced_at"] is not None:
+        draft = DraftRow(text=row["draft_text"], model_id=row["draft_model_id"], produced_at=row["draft_produced_at"])
+    final: FinalRow | None = None
+    if row["final_version"] is not None:
+        final = FinalRow(
+            text=row["final_text"],
+            model_id=row["final_model_id"],
+            source=row["final_source"],
+            version=row["final_version"],
+            produced_at=row["final_produced_at"],
+            stored_at=row["final_stored_at"],
+        )
+    return SegmentRow(
+        segment_id=row["segment_id"],
+        agent_id=row["agent_id"],
+        seq=row["seq"],
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        draft=draft,
+        final=final,
+    )

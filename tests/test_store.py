@@ -1,0 +1,183 @@
+"""The caption store on a real SQLite file: arrival orders, duplicates, racing reconcilers, ordering."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud.store import Store
+from contracts import CloudTranscript, Draft, Transcript, new_segment_id
+
+T0 = 1_700_000_000.0
+
+
+def make_draft(segment_id: str, seq: int = 0, text: str = "hello wrld", agent_id: str = "pi-1") -> Draft:
+    return Draft(
+        agent_id=agent_id,
+        segment_id=segment_id,
+        seq=seq,
+        started_at=T0 + seq * 10,
+        ended_at=T0 + seq * 10 + 2.5,
+        draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 10 + 3),
+    )
+
+
+def make_transcript(
+    segment_id: str, seq: int = 0, text: str = "Hello world.", agent_id: str = "pi-1"
+) -> CloudTranscript:
+    return CloudTranscript(
+        agent_id=agent_id,
+        segment_id=segment_id,
+        seq=seq,
+        started_at=T0 + seq * 10,
+        ended_at=T0 + seq * 10 + 2.5,
+        transcript=Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=T0 + seq * 10 + 4),
+        worker="test-worker",
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
+    yield s
+    s.close()
+
+
+def test_draft_then_final(store: Store) -> None:
+    sid = new_segment_id()
+    assert store.upsert_draft(make_draft(sid)) is True
+    seg = store.get(sid)
+    assert seg is not None and seg["draft"] is not None and seg["final"] is None
+    assert seg["draft"]["text"] == "hello wrld"
+
+    final = store.record_final(make_transcript(sid))
+    assert final is not None
+    assert (final.text, final.source, final.version, final.draft_text) == ("Hello world.", "cloud", 2, "hello wrld")
+
+    seg = store.get(sid)
+    assert seg is not None and seg["final"] is not None and seg["draft"] is not None
+    assert seg["final"]["text"] == "Hello world." and seg["final"]["model_id"] == "whisper-tiny.en-hf"
+    assert seg["draft"]["text"] == "hello wrld"
+    assert [(v["version"], v["source"], v["text"]) for v in store.versions(sid)] == [
+        (1, "edge", "hello wrld"),
+        (2, "cloud", "Hello world."),
+    ]
+    assert store.counts() == {"segments": 1, "drafts": 1, "finals": 1}
+
+
+def test_final_before_draft(store: Store) -> None:
+    sid = new_segment_id()
+    final = store.record_final(make_transcript(sid))
+    assert final is not None and final.source == "cloud" and final.draft_text is None
+    seg = store.get(sid)
+    assert seg is not None and seg["draft"] is None and seg["final"] is not None
+    assert store.counts() == {"segments": 1, "drafts": 0, "finals": 1}
+
+    assert store.upsert_draft(make_draft(sid)) is True  # late draft is still kept as version 1
+    seg = store.get(sid)
+    assert seg is not None and seg["draft"] is not None and seg["final"] is not None
+    assert (seg["draft"]["text"], seg["final"]["text"]) == ("hello wrld", "Hello world.")
+    assert [v["version"] for v in store.versions(sid)] == [1, 2]
+    assert store.counts() == {"segments": 1, "drafts": 1, "finals": 1}
+
+
+def test_empty_cloud_text_keeps_the_draft(store: Store) -> None:
+    sid = new_segment_id()
+    store.upsert_draft(make_draft(sid, text="turn left"))
+    final = store.record_final(make_transcript(sid, text="  "))
+    assert final is not None and (final.text, final.source, final.version) == ("turn left", "edge", 2)
+    seg = store.get(sid)
+    assert seg is not None and seg["final"] is not None
+    assert (seg["final"]["source"], seg["final"]["model_id"]) == ("edge", "whisper-tiny.en-int8-onnx")
+
+
+def test_duplicates(store: Store) -> None:
+    sid = new_segment_id()
+    assert store.upsert_draft(make_draft(sid)) is True
+    assert store.upsert_draft(make_draft(sid, text="changed")) is False
+    assert store.record_final(make_transcript(sid)) is not None
+    assert store.record_final(make_transcript(sid, text="a different text")) is None
+    seg = store.get(sid)
+    assert seg is not None and seg["draft"] is not None and seg["final"] is not None
+    assert (seg["draft"]["text"], seg["final"]["text"]) == ("hello wrld", "Hello world.")
+    assert len(store.versions(sid)) == 2
+    assert store.counts() == {"segments": 1, "drafts": 1, "finals": 1}
+
+
+def test_unpublished_final_until_marked(store: Store) -> None:
+    sid = new_segment_id()
+    final = store.record_final(make_transcript(sid))
+    assert store.unpublished_final(sid) == final
+    store.mark_published([sid])
+    assert store.unpublished_final(sid) is None
+
+
+def test_exactly_one_final_when_two_reconcilers_race(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'race.db'}"
+    stores = [Store(url), Store(url)]  # two processes' worth of connection pools on one file
+    ids = [new_segment_id() for _ in range(40)]
+    for i, sid in enumerate(ids):
+        stores[0].upsert_draft(make_draft(sid, seq=i))
+    won: list[list[str]] = [[], []]
+    start = threading.Barrier(2)
+
+    def reconciler(n: int) -> None:
+        start.wait()
+        for i, sid in enumerate(ids):
+            final = stores[n].record_final(make_transcript(sid, seq=i, text=f"text from reconciler {n}"))
+            if final is not None:
+                won[n].append(sid)
+
+    threads = [threading.Thread(target=reconciler, args=(n,)) for n in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert sorted(won[0] + won[1]) == sorted(ids)  # each segment won exactly once
+    assert not set(won[0]) & set(won[1])
+    for sid in ids:
+        winner = 0 if sid in won[0] else 1
+        seg = stores[1].get(sid)
+        assert seg is not None and seg["final"] is not None
+        assert seg["final"]["text"] == f"text from reconciler {winner}"
+        assert [v["version"] for v in stores[0].versions(sid)] == [1, 2]
+    assert stores[0].counts() == {"segments": 40, "drafts": 40, "finals": 40}
+    for s in stores:
+        s.close()
+
+
+def test_list_newest_first_and_by_agent(store: Store) -> None:
+    ids = {}
+    for seq in (2, 0, 3, 1):
+        ids[seq] = new_segment_id()
+        store.upsert_draft(make_draft(ids[seq], seq=seq))
+    other = new_segment_id()
+    store.record_final(make_transcript(other, seq=5, agent_id="laptop-2"))
+
+    listed = store.list_segments()
+    assert [s["segment_id"] for s in listed] == [other, ids[3], ids[2], ids[1], ids[0]]
+    assert [s["seq"] for s in store.list_segments(limit=2)] == [5, 3]
+    assert [s["seq"] for s in store.list_segments(agent_id="pi-1")] == [3, 2, 1, 0]
+    assert [s["agent_id"] for s in store.list_segments(agent_id="laptop-2")] == ["laptop-2"]
+    assert store.list_segments(agent_id="nobody") == []
+
+
+def test_reopen_keeps_data_and_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "persist.db"
+    s = Store(f"sqlite:///{path}")
+    sid = new_segment_id()
+    s.upsert_draft(make_draft(sid))
+    with s.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    s.close()
+    s = Store(f"sqlite:///{path}")
+    assert s.get(sid) is not None and s.upsert_draft(make_draft(sid)) is False
+    s.close()
+
+
+def test_unsupported_url() -> None:
+    with pytest.raises(ValueError, match="unsupported store"):
+        Store("mysql://localhost/x")
