@@ -48,6 +48,7 @@ class Demo:
         self.captions_dir = self.workdir / "captions"
         self.services: list[Service] = []
         self.stop = threading.Event()
+        self.store: Any = None
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -111,6 +112,9 @@ class Demo:
                 log.warning("%s did not stop; killing pid %d", service.name, service.proc.pid)
                 service.proc.kill()
                 service.proc.wait()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
         for broker in ("kafka", "mosquitto"):
             if hasattr(self, broker):
                 getattr(self, broker).stop()
@@ -138,13 +142,12 @@ class Demo:
         return drafts, finals
 
     def finals(self) -> dict[str, dict[str, Any]]:
-        from cloud.store import Store
+        """Segments with a final caption in the cloud store."""
+        if self.store is None:
+            from cloud.store import Store
 
-        store = Store(self.store_url)
-        try:
-            return {row["segment_id"]: row for row in store.list_segments(limit=100_000) if row.get("final")}
-        finally:
-            store.close()
+            self.store = Store(self.store_url)
+        return {row["segment_id"]: row for row in self.store.list_segments(limit=100_000) if row.get("final")}
 
     def wait_until_done(self, input_s: float) -> dict[str, Any]:
         """Wait until every captured segment has a final in the store and back on the device."""
