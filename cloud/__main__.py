@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cloud.command import add_common_options, load_settings, show_settings, stop_on_signals
 from cloud.metrics import serve
 from cloud.settings import WorkerSettings
 from edgecap.logs import configure
+from edgecap.service import add_common_options, load_settings, show_settings, stop_on_signals
 
 log = logging.getLogger(__name__)
 

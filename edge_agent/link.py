@@ -121,7 +121,7 @@ class MqttLink:
 
     def _on_message(self, _c: object, _ud: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            message = decode(msg.payload)
+            message = decode(bytes(msg.payload))
         except DecodeError as exc:
             self.counters["bad_downlink"] += 1
             log.warning("ignoring bad message on %s: %s", msg.topic, exc)

@@ -201,7 +201,7 @@ def summarize(
 
 def default_models_dir() -> str:
     try:
-        from edgecap.models.__main__ import ModelsSettings
+        from edgecap.models.settings import ModelsSettings
 
         return str(ModelsSettings.load().dir)
     except ImportError:

@@ -7,10 +7,10 @@ import logging
 
 import uvicorn
 
-from cloud.command import add_common_options, load_settings, show_settings
 from cloud.dashboard.app import create_app
 from cloud.settings import DashboardSettings
 from edgecap.logs import configure
+from edgecap.service import add_common_options, load_settings, show_settings
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""What every cloud command line shares: ``--config``/``--check-config``/``--debug``, settings, signals."""
+"""What every service's command line shares: ``--config``/``--check-config``/``--debug``, settings, signals."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ import sys
 import threading
 from typing import Any, TypeVar
 
-from sqlalchemy.engine import make_url
-
 from contracts.settings import ConfigError, ServiceSettings
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=ServiceSettings)
 _SECRET_KEY = re.compile(r"password|secret|token|credential", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
@@ -46,8 +45,8 @@ def redacted(settings: ServiceSettings) -> dict[str, Any]:
             return [scrub(v) for v in value]
         if isinstance(value, str) and _SECRET_KEY.search(key):
             return "**********"
-        if isinstance(value, str) and key.endswith("_url") and "://" in value:
-            return make_url(value).render_as_string(hide_password=True)
+        if isinstance(value, str) and "://" in value:
+            return _URL_PASSWORD.sub(r"\1***@", value)
         return value
 
     return scrub(settings.model_dump(mode="json"))
