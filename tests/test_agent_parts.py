@@ -108,3 +108,19 @@ def test_file_source_chunks_cover_the_file_with_capture_times() -> None:
     assert total == src.samples.size
     times = [t for _, t in chunks]
     assert all(b - a == pytest.approx(0.03, abs=1e-6) for a, b in zip(times, times[1:], strict=False))
+
+
+def test_edge_install_stays_small() -> None:
+    """The device needs no torch or transformers: not in the extra, and not imported by the agent."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parent.parent / "pyproject.toml").read_text())
+    edge = " ".join(extras["project"]["optional-dependencies"]["edge"]).lower()
+    assert "torch" not in edge and "transformers" not in edge
+    code = (
+        "import sys, edge_agent.agent, edge_agent.__main__; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'sqlalchemy')); "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
