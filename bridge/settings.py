@@ -32,6 +32,10 @@ class BridgeSettings(ServiceSettings):
         default_factory=lambda: [16000], min_length=1, description="Sample rates accepted in segments."
     )
     max_audio_s: float = Field(30.0, gt=0, description="Longest accepted segment audio, in seconds.")
+    max_frame_side: int = Field(4096, ge=16, le=8192, description="Largest accepted frame width or height, in pixels.")
+    max_frame_bytes: int = Field(
+        3 * 1024 * 1024, ge=1024, description="Largest accepted JPEG in a frame, in bytes (before base64)."
+    )
     max_in_flight: int = Field(
         500, ge=1, le=65535, description="Messages produced to Kafka but not yet confirmed, at most."
     )

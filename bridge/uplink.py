@@ -1,4 +1,4 @@
-"""Agent segments from MQTT into Kafka, acknowledged only once Kafka has them.
+"""Agent segments and frames from MQTT into Kafka, acknowledged only once Kafka has them.
 
 Threads:
 - paho's network thread of the uplink connection runs :meth:`Uplink.on_message`: it validates,
@@ -26,8 +26,8 @@ from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
-from bridge.validation import Refused, check_segment, dead_letter, readable_segment_id, topic_agent
-from contracts import Draft, Kafka, Receipt, Rejection, Up, encode, shared_filter
+from bridge.validation import Refused, check_frame, check_segment, dead_letter, readable_segment_id, topic_route
+from contracts import Draft, Frame, Kafka, Receipt, Rejection, Segment, Up, encode, shared_filter
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class _Pending:
 
 
 class Uplink:
-    """The persistent, shared, manually acknowledged subscription to every agent's segments."""
+    """The persistent, shared, manually acknowledged subscription to every agent's segments and frames."""
 
     def __init__(self, settings: BridgeSettings, producer: Producer, receipts: ReceiptBook, metrics: Metrics) -> None:
         self.settings = settings
@@ -59,7 +59,7 @@ class Uplink:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._seen: OrderedDict[str, None] = OrderedDict()
-        self._filter = shared_filter(settings.shared_group, Up.SEGMENTS)
+        self._filters = [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)]
         self.connection = MqttConnection(
             settings.mqtt,
             settings.client_id,
@@ -93,13 +93,13 @@ class Uplink:
     # --- paho network thread -------------------------------------------------------------
 
     def _subscribe(self, client: mqtt.Client) -> None:
-        client.subscribe(self._filter, qos=1)
+        client.subscribe([(f, 1) for f in self._filters])
 
     def _subscribed(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
         if any(r.is_failure for r in reasons):
-            log.error("subscription to %s refused: %s", self._filter, reasons)
+            log.error("subscription to %s refused: %s", self._filters, reasons)
             return
-        log.info("subscribed to %s", self._filter)
+        log.info("subscribed to %s", self._filters)
         self.subscribed.set()
         self.metrics.connected.set(1)
 
@@ -120,27 +120,36 @@ class Uplink:
     def _handle(self, msg: mqtt.MQTTMessage) -> None:
         raw = bytes(msg.payload)
         agent_id: str | None = None
+        s = self.settings
+        item: Segment | Frame
         try:
-            agent_id = topic_agent(msg.topic)
-            segment = check_segment(
-                raw,
-                agent_id,
-                max_bytes=self.settings.max_message_bytes,
-                sample_rates=self.settings.allowed_sample_rates,
-                max_audio_s=self.settings.max_audio_s,
-            )
+            agent_id, channel = topic_route(msg.topic)
+            if channel is Up.FRAMES:
+                item = check_frame(
+                    raw, agent_id, max_bytes=s.max_message_bytes, max_side=s.max_frame_side,
+                    max_image_bytes=s.max_frame_bytes,
+                )
+            else:
+                item = check_segment(
+                    raw, agent_id, max_bytes=s.max_message_bytes, sample_rates=s.allowed_sample_rates,
+                    max_audio_s=s.max_audio_s,
+                )
         except Refused as refused:
             self._refuse(msg, raw, agent_id, refused)
             return
-        self._note_seen(segment.segment_id, agent_id)
-        records = [(Kafka.SEGMENTS, raw)]
-        if segment.draft is not None:
-            records.append((Kafka.DRAFTS, encode(Draft.of(segment))))
+        self._note_seen(item.segment_id, agent_id)
+        if isinstance(item, Frame):
+            records = [(Kafka.FRAMES, raw)]
+        else:
+            records = [(Kafka.SEGMENTS, raw)]
+            if item.draft is not None:
+                records.append((Kafka.DRAFTS, encode(Draft.of(item))))
 
         def accepted() -> None:
-            self.receipts.accept(segment.agent_id, segment.segment_id)
+            self.receipts.accept(item.agent_id, item.segment_id)
 
-        self._forward(msg, agent_id, records, accepted, f"segment {segment.segment_id} of {agent_id}")
+        kind = "frame" if isinstance(item, Frame) else "segment"
+        self._forward(msg, agent_id, records, accepted, f"{kind} {item.segment_id} of {agent_id}")
 
     def _refuse(self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused) -> None:
         log.warning("refused message on %s: %s (%s)", msg.topic, refused.reason.value, refused.detail)

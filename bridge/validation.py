@@ -6,7 +6,7 @@ import json
 import re
 import time
 
-from contracts import DeadLetter, DecodeError, Reason, Rejection, Segment, decode, parse_mqtt_topic
+from contracts import DeadLetter, DecodeError, Frame, Reason, Rejection, Segment, decode, parse_mqtt_topic
 from contracts.topics import Up
 
 
@@ -19,15 +19,19 @@ class Refused(Exception):
         self.detail = detail
 
 
-def topic_agent(topic: str) -> str:
-    """The agent id in an uplink segments topic; :class:`Refused` for any other topic."""
+UPLINK_CHANNELS = (Up.SEGMENTS, Up.FRAMES)
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def topic_route(topic: str) -> tuple[str, Up]:
+    """The agent id and channel of an uplink segments or frames topic; :class:`Refused` for any other."""
     try:
         agent_id, channel = parse_mqtt_topic(topic)
     except ValueError as exc:
         raise Refused(Reason.INVALID, str(exc)) from exc
-    if channel != Up.SEGMENTS.value:
+    if channel not in {c.value for c in UPLINK_CHANNELS}:
         raise Refused(Reason.INVALID, f"unexpected channel {channel!r} on {topic!r}")
-    return agent_id
+    return agent_id, Up(channel)
 
 
 def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: list[int], max_audio_s: float) -> Segment:
@@ -46,6 +50,24 @@ def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: li
     if segment.audio.duration_s > max_audio_s:
         raise Refused(Reason.BAD_AUDIO, f"audio lasts {segment.audio.duration_s:.2f} s, more than {max_audio_s:g} s")
     return segment
+
+
+def check_frame(raw: bytes, agent_id: str, *, max_bytes: int, max_side: int, max_image_bytes: int) -> Frame:
+    """Decode and check one uploaded camera frame sent on ``agent_id``'s topic, or raise :class:`Refused`."""
+    try:
+        frame = decode(raw, Frame, max_bytes=max_bytes)
+    except DecodeError as exc:
+        raise Refused(exc.reason, exc.detail) from exc
+    if frame.agent_id != agent_id:
+        raise Refused(Reason.SPOOFED_AGENT, f"envelope agent_id {frame.agent_id!r} sent on the topic of {agent_id!r}")
+    image = frame.image
+    if not image.data.startswith(JPEG_MAGIC):
+        raise Refused(Reason.INVALID, f"image: data is not JPEG (starts {image.data[:3].hex(' ') or 'empty'})")
+    if max(image.width, image.height) > max_side:
+        raise Refused(Reason.INVALID, f"image: {image.width}x{image.height} exceeds {max_side} pixels a side")
+    if len(image.data) > max_image_bytes:
+        raise Refused(Reason.TOO_LARGE, f"image: {len(image.data)} JPEG bytes exceed {max_image_bytes}")
+    return frame
 
 
 _SEGMENT_ID_FIELD = re.compile(rb'"segment_id"\s*:\s*"([^"\\]{1,128})"')

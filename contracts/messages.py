@@ -240,6 +240,14 @@ class Status(_Model):
     at: UnixTime
     queue_depth: int = Field(default=0, ge=0)
     oldest_age_s: float = Field(default=0.0, ge=0)
+    uptime_s: float | None = Field(default=None, ge=0, description="Seconds since the agent started.")
+    cpu_percent: float | None = Field(default=None, ge=0, description="CPU use since the last status, % of one core.")
+    rss_mb: float | None = Field(default=None, ge=0, description="Resident memory of the agent in MiB.")
+    asr_rtf: float | None = Field(default=None, ge=0, description="Real-time factor of recent local transcriptions.")
+    quota_full: bool = Field(default=False, description="The outbox quota is reached and its policy applies.")
+    dropped_segments: int = Field(
+        default=0, ge=0, description="Segments whose audio the quota policy dropped, or that it refused."
+    )
 
 
 class DeadLetter(_Model):

@@ -11,7 +11,7 @@ import contextvars
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edgecap_config", default=None)
@@ -34,10 +34,32 @@ class MqttSettings(Group):
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
     username: str | None = Field(None, description="User name; an agent's must equal its agent_id.")
     password: SecretStr | None = Field(None, description="Password, if the broker asks for one.")
+    password_file: Path | None = Field(None, description="A file holding the password (e.g. a mounted secret).")
     keepalive_s: int = Field(30, ge=5, description="MQTT keep-alive interval in seconds.")
     session_expiry_s: int = Field(
         7 * 24 * 3600, ge=0, description="How long the broker keeps a persistent session offline."
     )
+    tls: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(None, description="CA certificate(s) to trust (unset: the system's CAs).")
+    cert_file: Path | None = Field(None, description="Client certificate (PEM); an agent's CN must equal its agent_id.")
+    key_file: Path | None = Field(None, description="Private key of the client certificate (PEM).")
+    tls_insecure: bool = Field(False, description="Skip the server host name check (the chain is still checked).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("set mqtt.password or mqtt.password_file, not both")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("mqtt.cert_file and mqtt.key_file go together")
+        if not self.tls and (self.ca_file or self.cert_file or self.tls_insecure):
+            raise ValueError("mqtt.ca_file, cert_file and tls_insecure need mqtt.tls = true")
+        return self
+
+    def secret(self) -> str | None:
+        """The password, from ``password`` or read from ``password_file`` (trailing newline dropped)."""
+        if self.password_file is not None:
+            return self.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+        return self.password.get_secret_value() if self.password is not None else None
 
 
 class KafkaSettings(Group):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 from edgecap.logs import configure
@@ -17,9 +18,22 @@ def main(argv: list[str] | None = None) -> int:
     add_common_options(parser)
     parser.add_argument("--input", type=Path, help="caption this WAV/FLAC file instead of a microphone")
     parser.add_argument("--fast", action="store_true", help="read the file as fast as possible, not in real time")
+    parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     parser.add_argument("--until-drained", action="store_true", help="exit once the input is captioned and delivered")
     args = parser.parse_args(argv)
     configure(args.debug, "agent")
+    if args.list_devices:
+        from edge_agent.capture import CaptureError
+        from edge_agent.capture.microphone import list_devices
+
+        try:
+            devices = list_devices()
+        except CaptureError as exc:
+            log.error("%s", exc)
+            return 2
+        for d in devices:
+            sys.stdout.write(f"{d.index:3d}  {d.name}  ({d.max_input_channels} ch, {d.default_rate} Hz)\n")
+        return 0
 
     from edge_agent.settings import AgentSettings
 
@@ -35,11 +49,16 @@ def main(argv: list[str] | None = None) -> int:
         show_settings(settings)
         return 0
 
-    from edge_agent.agent import Agent
+    from edge_agent.agent import STARTUP_ERRORS, Agent
 
     agent = Agent(settings)
     agent.stop_event = stop_on_signals()
-    agent.start()
+    try:
+        agent.start()
+    except STARTUP_ERRORS as exc:  # a device misconfigured: say what is wrong, no traceback
+        log.error("cannot start: %s", exc)
+        agent.stop()
+        return 2
     try:
         while not agent.stop_event.wait(0.2):
             if args.until_drained and agent.drained():

@@ -11,18 +11,24 @@ import logging
 import queue
 import threading
 
-import numpy as np
-
-from contracts import Audio, Final, Segment, Up, encode, mqtt_topic, new_segment_id
+from contracts import Audio, Final, Segment, Transcript, Up, encode, mqtt_topic
 from edge_agent.asr import ENGINES as ASR_ENGINES
-from edge_agent.captions import CaptionSink
-from edge_agent.capture import SAMPLE_RATE, FileSource
-from edge_agent.link import MqttLink
+from edge_agent.asr import ModelNotPrepared
+from edge_agent.captions import CaptionError, CaptionSink
+from edge_agent.capture import SAMPLE_RATE, CaptureError, open_source
+from edge_agent.drafting import Drafter
+from edge_agent.frames import FrameCapture
+from edge_agent.health import Health
+from edge_agent.link import IdentityError, MqttLink
 from edge_agent.outbox import Outbox
+from edge_agent.quota import OutboxFull
 from edge_agent.settings import AgentSettings
-from edge_agent.vad import VAD_ENGINES, SpeechSegment
+from edge_agent.vad import SpeechSegment, VadModelMissing, make_segmenter
 
 log = logging.getLogger(__name__)
+
+# What a misconfigured device raises from Agent.start(): reported as one clear line, no traceback.
+STARTUP_ERRORS = (CaptureError, ModelNotPrepared, VadModelMissing, CaptionError, IdentityError)
 
 _END = object()
 
@@ -40,22 +46,18 @@ class Agent:
 
     def start(self) -> None:
         s = self.settings
-        if s.input.file is None:
-            raise ValueError("no input: set input.file (microphone capture arrives with the agent issue)")
-        self.source = FileSource(s.input.file, realtime=s.input.realtime, chunk_ms=s.input.chunk_ms)
-        vad_cls = VAD_ENGINES[s.vad.engine]
-        self.vad = vad_cls(
-            sample_rate=SAMPLE_RATE,
-            aggressiveness=s.vad.aggressiveness,
-            pre_roll_ms=s.vad.pre_roll_ms,
-            hangover_ms=s.vad.hangover_ms,
-            min_speech_ms=s.vad.min_speech_ms,
-            max_segment_s=s.vad.max_segment_s,
-        )
+        self.source = open_source(s.input)
+        self.vad = make_segmenter(s.vad, SAMPLE_RATE)
         self.asr = ASR_ENGINES[s.asr.engine](s.asr.model_dir, threads=s.asr.threads, language=s.asr.language)
         self.asr.warmup()
-        self.captions = CaptionSink(s.captions.dir, terminal=s.captions.terminal)
-        self.outbox = Outbox(s.outbox.path)
+        self.captions = CaptionSink(
+            s.captions.dir,
+            terminal=s.captions.terminal,
+            live_lines=s.captions.live_lines,
+            write_interval_s=s.captions.write_interval_s,
+        )
+        self.health = Health()
+        self.outbox = Outbox(s.outbox.path, quota=s.outbox.quota())
         self.link = MqttLink(
             s.agent_id,
             s.mqtt,
@@ -63,21 +65,40 @@ class Agent:
             on_final=self._on_final,
             resend_after_s=s.outbox.resend_after_s,
             max_in_flight=s.outbox.max_in_flight,
+            resend_max_s=s.outbox.resend_max_s,
+            health=self.health,
         )
         self.link.start()
+        self.drafter = Drafter(
+            self.asr,
+            self.captions,
+            self._caption,
+            early_window_s=s.vad.early_window_s if s.vad.pause_ms else None,
+            expected_seq=self.outbox.next_seq,
+            on_inference=self.health.record_inference,
+        )
         self._spawn("asr", self._asr_loop)
         self._spawn("capture", self._capture_loop)
         self._spawn("heartbeat", self._heartbeat_loop)
+        if s.frames.enabled:
+            self.frames = FrameCapture(s.agent_id, s.frames, self.outbox, on_commit=self.link.notify)
+            self._spawn("frames", lambda: self.frames.run(self.stop_event))
         log.info("agent %s started (outbox depth %d)", s.agent_id, self.outbox.depth())
 
     def stop(self) -> None:
+        """Undo start() in reverse; safe after a start() that failed half-way."""
         self.stop_event.set()
         self._segments.put(_END)
         for thread in reversed(self._threads):
             thread.join(10)
-        self.link.stop()
-        self.outbox.close()
-        log.info("agent stopped: %d captioned, link %s", self.captioned, dict(self.link.counters))
+        link = getattr(self, "link", None)
+        if link is not None:
+            link.stop()
+        for part in ("outbox", "captions", "source"):
+            resource = getattr(self, part, None)
+            if resource is not None:
+                resource.close()
+        log.info("agent stopped: %d captioned, link %s", self.captioned, dict(link.counters) if link else {})
 
     def drained(self) -> bool:
         """Input finished, every utterance captioned, and every segment receipted."""
@@ -91,36 +112,31 @@ class Agent:
     # --- threads ----------------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
+        """Feed the VAD and queue its events (pauses, finished segments): no inference here."""
         for pcm, t0 in self.source.chunks(self.stop_event):
-            for segment in self.vad.feed(pcm, t0):
-                self._segments.put(segment)
+            for event in self.vad.process(pcm, t0):
+                self._segments.put(event)
         for segment in self.vad.flush():
             self._segments.put(segment)
         self._segments.put(_END)
         log.info("input finished")
 
     def _asr_loop(self) -> None:
-        while True:
-            item = self._segments.get()
-            if item is _END:
-                self.input_done.set()
-                return
-            assert isinstance(item, SpeechSegment)
-            try:
-                self._caption(item)
-            except Exception:  # one bad segment must not stop captioning
-                log.exception("captioning a segment failed; it is kept without a draft")
-                self._commit(item, None)
+        """Early drafts at pauses, then one committed draft per segment (``edge_agent.drafting``)."""
+        self.drafter.run(self._segments, _END)
+        self.input_done.set()
+        log.info("captioning finished: %s", dict(self.drafter.counters))
 
-    def _caption(self, speech: SpeechSegment) -> None:
-        audio = np.frombuffer(speech.pcm, dtype=np.int16).astype(np.float32) / 32768.0
-        draft = self.asr.transcribe(audio)
+    def _caption(self, speech: SpeechSegment, draft: Transcript | None) -> tuple[int, str]:
+        """Commit a finished segment with its draft (the drafter shows the caption)."""
         seq, segment_id = self._commit(speech, draft)
-        self.captions.draft(segment_id, seq, speech.started_at, speech.ended_at, draft)
         self.captioned += 1
+        return seq, segment_id
 
     def _commit(self, speech: SpeechSegment, draft: object) -> tuple[int, str]:
-        segment_id = new_segment_id()
+        """Store the segment in the outbox and wake the link; the seq, or -1 when the outbox quota
+        refused it (policy ``refuse_new_audio``: the caption is still shown locally)."""
+        segment_id = speech.segment_id  # chosen by the VAD at onset: early captions already use it
         agent_id = self.settings.agent_id
 
         def build(seq: int) -> bytes:
@@ -136,7 +152,11 @@ class Agent:
                 )
             )
 
-        seq = self.outbox.append(segment_id, mqtt_topic(agent_id, Up.SEGMENTS), build)
+        try:
+            seq = self.outbox.append(segment_id, mqtt_topic(agent_id, Up.SEGMENTS), build, audio_bytes=len(speech.pcm))
+        except OutboxFull as exc:
+            log.warning("segment %s kept only as a local caption: %s", segment_id, exc)
+            return -1, segment_id
         self.link.notify()
         return seq, segment_id
 
@@ -144,6 +164,12 @@ class Agent:
         self.captions.final(final)
 
     def _heartbeat_loop(self) -> None:
+        """The retained status every ``heartbeat_s``: queue, quota, CPU, RSS, ASR real-time factor."""
         while not self.stop_event.wait(self.settings.heartbeat_s):
-            self.link.publish_status()
+            try:
+                self.link.publish_status()
+                online = "online" if self.link.connected.is_set() else "offline"
+                self.captions.status(f"{online} · outbox {self.outbox.depth()}")
+            except Exception:  # a heartbeat must never stop the agent
+                log.exception("publishing the status failed")
 

@@ -1,13 +1,23 @@
 """The agent's MQTT link: drains the outbox to the broker and handles what comes back.
 
-Up: outbox entries in ``seq`` order (QoS 1), resent when no receipt arrives in time or after a
-reconnect; a retained status with a last will. Down: receipts (the only thing that deletes from
+Up: outbox entries in ``seq`` order (QoS 1); an entry without a receipt is resent with exponential
+backoff and jitter (:class:`Backoff`), and after a reconnect everything unreceipted is resent in
+``seq`` order. After a connect, and whenever receipts stop coming, the link first *probes*: it sends
+only the oldest unreceipted entry (with backoff) until a receipt shows the way to the bridge is
+open, then the rest. So a broker never queues a backlog for a bridge that is away, which mosquitto
+may hand over out of order once the bridge returns (seen after a broker restart). A retained
+status with a last will doubles as the heartbeat. Down: receipts (the only thing that deletes from
 the outbox; a PUBACK does not) and final captions.
+
+Authentication: user name + password (or a password file), and/or TLS with a client certificate
+whose common name must be the agent's id (checked at start-up by :func:`check_identity`).
 """
 
 from __future__ import annotations
 
 import logging
+import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -20,9 +30,74 @@ from paho.mqtt.properties import Properties
 
 from contracts import DecodeError, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
 from contracts.settings import MqttSettings
-from edge_agent.outbox import Outbox
+from edge_agent.health import Health
+from edge_agent.outbox import Entry, Outbox
 
 log = logging.getLogger(__name__)
+
+
+class IdentityError(ValueError):
+    """The credentials configured do not belong to this agent, or cannot be read."""
+
+
+class Backoff:
+    """Exponential backoff with jitter: ``base_s`` after the first send, doubling, at most ``cap_s``."""
+
+    def __init__(self, base_s: float, cap_s: float = 300.0, jitter: float = 0.2) -> None:
+        self.base_s, self.cap_s, self.jitter = base_s, max(cap_s, base_s), jitter
+
+    def __call__(self, attempt: int) -> float:
+        """Seconds to wait for a receipt after send number ``attempt`` (1 = the first send)."""
+        delay = min(self.cap_s, self.base_s * 2.0 ** min(max(attempt - 1, 0), 32))
+        return delay * random.uniform(1.0 - self.jitter, 1.0 + self.jitter)
+
+
+def certificate_cn(cert_file: str) -> str | None:
+    """The subject common name of a PEM certificate."""
+    decoded = ssl._ssl._test_decode_cert(cert_file)  # type: ignore[attr-defined]  # the stdlib's PEM reader
+    for rdn in decoded.get("subject", ()):
+        for key, value in rdn:
+            if key == "commonName":
+                return str(value)
+    return None
+
+
+def check_identity(agent_id: str, settings: MqttSettings) -> None:
+    """Refuse to start with credentials of another device: user name and certificate CN must be
+    ``agent_id``, and every configured file must be readable."""
+    if settings.username is not None and settings.username != agent_id:
+        raise IdentityError(f"mqtt.username {settings.username!r} is not this agent's id {agent_id!r}")
+    for name in ("ca_file", "cert_file", "key_file", "password_file"):
+        path = getattr(settings, name)
+        if path is not None and not path.is_file():
+            raise IdentityError(f"mqtt.{name} {str(path)!r} is not a readable file")
+    if settings.cert_file is not None:
+        try:
+            cn = certificate_cn(str(settings.cert_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise IdentityError(f"cannot read the client certificate {settings.cert_file}: {exc}") from exc
+        if cn != agent_id:
+            raise IdentityError(
+                f"client certificate {settings.cert_file} is issued to CN={cn!r}, not to this agent {agent_id!r}"
+            )
+
+
+def apply_credentials(client: mqtt.Client, settings: MqttSettings) -> None:
+    """User name/password and TLS from ``settings`` on a paho client."""
+    password = settings.secret()
+    if settings.username is not None or password is not None:
+        client.username_pw_set(settings.username, password)
+    if settings.tls:
+        client.tls_set(
+            ca_certs=str(settings.ca_file) if settings.ca_file else None,
+            certfile=str(settings.cert_file) if settings.cert_file else None,
+            keyfile=str(settings.key_file) if settings.key_file else None,
+            cert_reqs=ssl.CERT_REQUIRED,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+        if settings.tls_insecure:
+            log.warning("mqtt.tls_insecure: the broker's host name is not checked")
+            client.tls_insecure_set(True)
 
 
 class MqttLink:
@@ -37,17 +112,25 @@ class MqttLink:
         on_final: Callable[[Final], object],
         resend_after_s: float = 10.0,
         max_in_flight: int = 50,
+        resend_max_s: float = 300.0,
+        health: Health | None = None,
     ) -> None:
+        check_identity(agent_id, settings)
         self.agent_id = agent_id
         self.settings = settings
         self.outbox = outbox
         self.on_final = on_final
         self.resend_after_s = resend_after_s
         self.max_in_flight = max_in_flight
+        self.backoff = Backoff(resend_after_s, resend_max_s)
+        self.health = health
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._probing = True  # after every connect, until a receipt arrives
+        self._probe_at = 0.0
+        self._last_receipt = 0.0
         self._thread: threading.Thread | None = None
         self._client = self._make_client()
 
@@ -55,15 +138,14 @@ class MqttLink:
         client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=self.agent_id, protocol=mqtt.MQTTv5
         )
-        s = self.settings
-        if s.username is not None:
-            client.username_pw_set(s.username, s.password.get_secret_value() if s.password else None)
+        apply_credentials(client, self.settings)
         client.will_set(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=False), qos=1, retain=True)
         client.max_inflight_messages_set(self.max_in_flight)
         client.max_queued_messages_set(0)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
         return client
 
@@ -110,8 +192,13 @@ class MqttLink:
         )
         client.publish(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=True), qos=1, retain=True)
         self.outbox.mark_all_unsent()  # resend everything unreceipted, in seq order
+        self._probing, self._probe_at = True, 0.0  # the oldest first, alone, until its receipt comes
         self.connected.set()
         self._wake.set()
+
+    def _on_connect_fail(self, _c: object, _ud: object) -> None:
+        self.counters["connect_failures"] += 1
+        log.debug("MQTT connection to %s:%d failed; retrying", self.settings.host, self.settings.port)
 
     def _on_disconnect(self, _c: object, _ud: object, _flags: object, reason: object, _p: object) -> None:
         if self.connected.is_set() and not self._stop.is_set():
@@ -138,6 +225,8 @@ class MqttLink:
     def _on_receipt(self, receipt: Receipt) -> None:
         for rejection in receipt.rejected:
             log.error("bridge rejected segment %s: %s %s", rejection.segment_id, rejection.reason, rejection.detail)
+        self.counters["receipts"] += 1
+        self._probing, self._last_receipt = False, time.monotonic()
         self.counters["receipted"] += len(receipt.accepted)
         self.counters["rejected"] += len(receipt.rejected)
         removed = self.outbox.remove([*receipt.accepted, *(r.segment_id for r in receipt.rejected)])
@@ -148,36 +237,81 @@ class MqttLink:
 
     def _publish_loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(1.0)
+            next_due = self.outbox.next_due_in_s() if self.connected.is_set() else None
+            if self._probing:
+                next_due = max(0.0, self._probe_at - time.monotonic())
+            self._wake.wait(1.0 if next_due is None else min(1.0, next_due + 0.01))
             self._wake.clear()
             if not self.connected.is_set():
                 continue
-            room = self.max_in_flight - self.outbox.in_flight(self.resend_after_s)
+            if self._probing:
+                self._probe()
+                continue
+            room = self.max_in_flight - self.outbox.in_flight()
             if room <= 0:
                 continue
-            entries = self.outbox.due(room, self.resend_after_s)
-            sent = []
-            for entry in entries:
-                info = self._client.publish(entry.topic, entry.payload, qos=1)
-                if info.rc != mqtt.MQTT_ERR_SUCCESS:
-                    log.debug("publish of seq %d deferred: rc=%s", entry.seq, info.rc)
-                    break
-                sent.append(entry.seq)
-                self.counters["resent" if entry.attempts else "published"] += 1
-            if sent:
-                self.outbox.mark_sent(sent)
-                self._wake.set()
+            entries = self.outbox.due(room)
+            silent = time.monotonic() - self._last_receipt > self.resend_after_s
+            if silent and any(entry.attempts for entry in entries):  # no receipts at all: is the way open?
+                log.info("no receipt for seq %d in time: probing before sending more",
+                         next(e.seq for e in entries if e.attempts))
+                self._start_probing()
+                continue
+            self._publish(entries)
+
+    def _start_probing(self) -> None:
+        self._probing, self._probe_at = True, 0.0
+        self._wake.set()
+
+    def _probe(self) -> None:
+        """Send only the oldest unreceipted entry, with backoff, until a receipt proves the way to
+        the bridge is open: what broker queues hold while the bridge is away cannot be reordered."""
+        if time.monotonic() < self._probe_at:
+            return
+        entries = self.outbox.due(1, resend_after_s=0)  # the oldest entry, whatever its timer says
+        if not entries:
+            self._probing = False  # nothing waits: the next append goes out normally
+            return
+        if self._publish(entries):
+            self._probe_at = time.monotonic() + self.backoff(entries[0].attempts + 1)
+
+    def _publish(self, entries: list[Entry]) -> bool:
+        """Publish in seq order; True if all of them went out."""
+        sent = []
+        for entry in entries:
+            info = self._client.publish(entry.topic, entry.payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                log.debug("publish of seq %d deferred: rc=%s", entry.seq, info.rc)
+                break
+            sent.append(entry.seq)
+            self.counters["resent" if entry.attempts else "published"] += 1
+        if sent:
+            self.outbox.mark_sent(sent, self.backoff)
+            self._wake.set()
+        return len(sent) == len(entries)
+
+    def status(self, *, online: bool = True) -> Status:
+        """This agent's status now: outbox, quota and (with a health object) process figures."""
+        if not online:
+            return Status(agent_id=self.agent_id, online=False, at=time.time())
+        dropped = self.outbox.counters()
+        health = self.health
+        return Status(
+            agent_id=self.agent_id,
+            online=True,
+            at=time.time(),
+            queue_depth=self.outbox.depth(),
+            oldest_age_s=self.outbox.oldest_age_s(),
+            quota_full=self.outbox.quota_full(),
+            dropped_segments=dropped["dropped_audio_segments"] + dropped["refused_segments"],
+            uptime_s=health.uptime_s() if health else None,
+            cpu_percent=health.cpu_percent() if health else None,
+            rss_mb=health.rss_mb() if health else None,
+            asr_rtf=health.asr_rtf() if health else None,
+        )
 
     def _status(self, *, online: bool) -> bytes:
-        return encode(
-            Status(
-                agent_id=self.agent_id,
-                online=online,
-                at=time.time(),
-                queue_depth=self.outbox.depth() if online else 0,
-                oldest_age_s=self.outbox.oldest_age_s() if online else 0.0,
-            )
-        )
+        return encode(self.status(online=online))
 
     def publish_status(self) -> None:
         if self.connected.is_set():

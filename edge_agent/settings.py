@@ -3,30 +3,71 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from contracts.settings import Group, MqttSettings, ServiceSettings
+from edge_agent.quota import FullPolicy, Quota
 
 
 class InputSettings(Group):
     """Where audio comes from."""
 
+    source: Literal["file", "mic", "stdin"] | None = Field(
+        None, description="Audio input: file, mic or stdin (unset: the file if one is given, else the microphone)."
+    )
     file: Path | None = Field(None, description="A WAV/FLAC recording to caption instead of a microphone.")
     realtime: bool = Field(True, description="Play the file at real-time pace, as if it were a microphone.")
     chunk_ms: int = Field(30, ge=10, le=1000, description="Capture chunk length in milliseconds.")
+    device: str | int | None = Field(
+        None, description="Microphone: an input index or a name substring (unset: the system's default input)."
+    )
+    stdin_rate: int = Field(16000, ge=8000, le=192000, description="Sample rate of raw PCM16 on stdin.")
+    stdin_channels: int = Field(1, ge=1, le=8, description="Interleaved channels of raw PCM16 on stdin.")
+
+
+class FrameSettings(Group):
+    """Camera frames, sent through the outbox on the frames topic."""
+
+    enabled: bool = Field(False, description="Capture frames at all.")
+    source: str = Field("0", description="A camera index (0), a video file or URL, or a folder of images.")
+    fps: float = Field(1.0, gt=0, le=60, description="Frames taken per second (of video time for files).")
+    realtime: bool = Field(True, description="Pace files and folders at fps, as if they were a camera.")
+    motion: bool = Field(False, description="Keep only frames that differ from the previous one (counted).")
+    motion_threshold: float = Field(
+        0.01, gt=0, le=1, description="Fraction of changed pixels that counts as motion."
+    )
+    motion_pixel_delta: int = Field(25, ge=1, le=255, description="Grey-level change that marks a pixel changed.")
+    jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of sent frames.")
+    max_width: int | None = Field(1280, ge=16, description="Wider frames are scaled down to this width (unset: never).")
 
 
 class VadSettings(Group):
     """How speech is cut into segments."""
 
-    engine: str = Field("webrtc", description="VAD engine: webrtc.")
+    engine: Literal["webrtc", "silero"] = Field("webrtc", description="VAD engine: webrtc or silero (ONNX).")
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 keeps most audio, 3 cuts most.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="Silero: speech probability that starts speech.")
+    model_path: Path = Field(
+        Path("~/.cache/edgecap/models/vad/silero_vad.onnx").expanduser(),
+        description="Silero: the ONNX file `edgecap models prepare` puts in <models_dir>/vad/.",
+    )
     pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected onset.")
     hangover_ms: int = Field(600, ge=0, le=5000, description="Silence tolerated inside one segment.")
+    pause_ms: int = Field(90, ge=0, le=2000, description="Silence that shows an early draft (0: only at the end).")
+    early_window_s: float | None = Field(
+        10.0, ge=5, le=30, description="Encoder window of the early draft (s); unset: the full 30 s window."
+    )
     min_speech_ms: int = Field(250, ge=0, description="Shorter segments are dropped (counted).")
     max_segment_s: float = Field(28.0, gt=1, le=30, description="Longer speech is cut (Whisper's window is 30 s).")
+
+    @model_validator(mode="after")
+    def _pause_within_hangover(self) -> VadSettings:
+        if self.pause_ms >= self.hangover_ms:
+            raise ValueError(f"vad.pause_ms ({self.pause_ms}) must be below vad.hangover_ms ({self.hangover_ms})")
+        return self
 
 
 class AsrSettings(Group):
@@ -45,15 +86,29 @@ class OutboxSettings(Group):
     """The durable queue between capture and the network."""
 
     path: Path = Field(Path("edgecap-outbox.sqlite3"), description="SQLite file of the outbox.")
-    resend_after_s: float = Field(10.0, gt=0, description="Resend a message when no receipt came this long.")
+    resend_after_s: float = Field(10.0, gt=0, description="Resend when no receipt came this long (then it doubles).")
+    resend_max_s: float = Field(300.0, gt=0, description="Longest wait between resends of one message (backoff cap).")
     max_in_flight: int = Field(50, ge=1, le=1000, description="Messages published but not yet receipted.")
+    max_bytes: int = Field(1024**3, ge=1024, description="Quota: most bytes of messages the outbox holds.")
+    full_policy: FullPolicy = Field(
+        FullPolicy.DROP_OLDEST_AUDIO,
+        description="When full: drop_oldest_audio (keep every segment and draft) or refuse_new_audio.",
+    )
+    min_free_disk_mb: float = Field(200.0, ge=0, description="Quota: also keep this much of the disk free.")
+
+    def quota(self) -> Quota:
+        return Quota(max_bytes=self.max_bytes, policy=self.full_policy, min_free_disk_mb=self.min_free_disk_mb)
 
 
 class CaptionSettings(Group):
     """Where local captions go."""
 
-    dir: Path = Field(Path("captions"), description="Directory for captions.srt and captions.jsonl.")
-    terminal: bool = Field(True, description="Print each caption to stdout as it appears.")
+    dir: Path = Field(Path("captions"), description="Directory for captions.srt, .vtt, .jsonl and .events.jsonl.")
+    terminal: bool = Field(True, description="Show captions on stdout: a live view on a TTY, plain lines elsewhere.")
+    live_lines: int = Field(8, ge=1, le=100, description="Captions kept on screen by the live terminal view.")
+    write_interval_s: float = Field(
+        0.5, ge=0, le=60, description="Changes within this long of the last file rewrite are written together."
+    )
 
 
 class AgentSettings(ServiceSettings):
@@ -66,6 +121,7 @@ class AgentSettings(ServiceSettings):
     )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     input: InputSettings = Field(default_factory=InputSettings, description="Audio input.")
+    frames: FrameSettings = Field(default_factory=FrameSettings, description="Camera frames.")
     vad: VadSettings = Field(default_factory=VadSettings, description="Segmentation.")
     asr: AsrSettings = Field(default_factory=AsrSettings, description="Local captions model.")
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Durable outbox.")

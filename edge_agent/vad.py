@@ -1,11 +1,22 @@
-"""Cut a stream of 16 kHz mono PCM16 into speech segments with webrtcvad (no torch).
+"""Cut a stream of 16 kHz mono PCM16 into speech segments: webrtcvad or Silero (no torch).
 
-Each frame is classified by webrtcvad. A segment opens at the first voiced frame and carries the
-``pre_roll_ms`` of audio before it, so onsets are never clipped. It closes once the trailing
-``hangover_ms`` window holds almost no voiced frames (a stray voiced frame in noise does not keep
-it open); the hangover audio stays in the segment. Segments with less than ``min_speech_ms`` of
-voiced frames are dropped and counted in ``dropped_short``. A segment reaching ``max_segment_s``
-is cut at the quietest frame of its last ~2 s and goes on as a new segment, so no audio is lost.
+Each frame is classified as speech or not by an engine (``webrtc``: webrtcvad on 10-30 ms frames;
+``silero``: the Silero v6 ONNX model on 32 ms windows, see :class:`SileroSegmenter`). The same
+state machine then cuts segments for both:
+
+- A segment opens at the first voiced frame and carries the ``pre_roll_ms`` of audio before it,
+  so onsets are never clipped.
+- ``pause_ms`` of non-speech after speech emits a :class:`Pause` carrying the segment so far, well
+  before the segment closes, so a caption can be drafted at once. Another pause is emitted only
+  after speech resumed (``RESUME_FRAMES`` voiced frames since the last pause), which also raises
+  the segment's ``revision``: a closed segment with the revision of a pause holds that pause's
+  audio plus non-speech only, so the pause's draft is the segment's draft.
+- It closes once the trailing ``hangover_ms`` window holds almost no voiced frames (a stray voiced
+  frame in noise does not keep it open); the hangover audio stays in the segment. Segments with
+  less than ``min_speech_ms`` of voiced frames are dropped and counted in ``dropped_short`` (no
+  pause is emitted for them either).
+- A segment reaching ``max_segment_s`` is cut at the quietest frame of its last ~2 s and goes on
+  as a new segment (a new ``segment_id``), so no audio is lost; the cut piece gets a new revision.
 
 Times are capture times: each ``feed`` gives the capture time of its first sample. The segmenter
 keeps one time anchor and counts samples from it, so how a stream is chunked does not change the
@@ -16,30 +27,58 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import webrtcvad
+
+from contracts import new_segment_id
+
+if TYPE_CHECKING:
+    from edge_agent.settings import VadSettings
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATES = (8000, 16000, 32000, 48000)
 FRAME_MS = (10, 20, 30)
+RESUME_FRAMES = 2  # voiced frames after a pause that count as speech resuming
 _OFFSET_VOICED_FRACTION = 0.1  # the segment ends when the hangover window is at most this voiced
 _CUT_SEARCH_S = 2.0
 
 
+class VadModelMissing(FileNotFoundError):
+    """The Silero ONNX file is not where the settings say."""
+
+
 @dataclass(frozen=True)
 class SpeechSegment:
-    """One utterance: 16 kHz mono PCM16 audio and the capture times of its first and past-last sample."""
+    """One utterance: 16 kHz mono PCM16 audio and the capture times of its first and past-last sample.
+
+    ``segment_id`` is chosen when the segment opens (the outbox and the captions use it);
+    ``revision`` counts how often speech resumed after a pause (see the module).
+    """
 
     pcm: bytes
     started_at: float
     ended_at: float
+    segment_id: str = field(default_factory=new_segment_id, compare=False)
+    revision: int = field(default=0, compare=False)
 
     @property
     def duration_s(self) -> float:
         return self.ended_at - self.started_at
+
+
+@dataclass(frozen=True)
+class Pause:
+    """Speech paused: the open segment so far. Provisional: the segment may still grow."""
+
+    segment: SpeechSegment
+
+
+VadEvent = SpeechSegment | Pause
 
 
 @dataclass
@@ -50,51 +89,48 @@ class _Frame:
     energy: float
 
 
-class VadSegmenter:
-    """Streaming webrtcvad segmenter with pre-roll, hangover, a minimum and a maximum length."""
+class Segmenter:
+    """The streaming state machine; subclasses decide which frames are speech (``_is_speech``)."""
 
-    engine = "webrtc"
+    engine = ""
 
     def __init__(
         self,
         *,
-        sample_rate: int = 16000,
-        frame_ms: int = 30,
-        aggressiveness: int = 2,
+        sample_rate: int,
+        frame_samples: int,
         pre_roll_ms: int = 300,
         hangover_ms: int = 600,
         min_speech_ms: int = 250,
         max_segment_s: float = 28.0,
+        pause_ms: int = 90,
     ) -> None:
-        if sample_rate not in SAMPLE_RATES:
-            raise ValueError(f"sample_rate must be one of {SAMPLE_RATES} for webrtcvad, got {sample_rate!r}")
-        if frame_ms not in FRAME_MS:
-            raise ValueError(f"frame_ms must be one of {FRAME_MS} for webrtcvad, got {frame_ms!r}")
-        if aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness!r}")
+        frame_ms = 1000 * frame_samples / sample_rate
         if pre_roll_ms < 0:
             raise ValueError(f"pre_roll_ms must be >= 0, got {pre_roll_ms!r}")
         if hangover_ms < frame_ms:
-            raise ValueError(f"hangover_ms must be at least one frame ({frame_ms} ms), got {hangover_ms!r}")
+            raise ValueError(f"hangover_ms must be at least one frame ({frame_ms:g} ms), got {hangover_ms!r}")
         if min_speech_ms < 0:
             raise ValueError(f"min_speech_ms must be >= 0, got {min_speech_ms!r}")
+        if pause_ms < 0 or pause_ms >= hangover_ms:
+            raise ValueError(f"pause_ms must be >= 0 (0: no pauses) and below hangover_ms, got {pause_ms!r}")
         if max_segment_s * 1000 < 2 * (pre_roll_ms + frame_ms) or max_segment_s * 1000 < 4 * frame_ms:
             raise ValueError(
-                f"max_segment_s ({max_segment_s!r}) must be at least twice pre_roll_ms + frame_ms "
-                f"({2 * (pre_roll_ms + frame_ms)} ms)"
+                f"max_segment_s ({max_segment_s!r}) must be at least twice pre_roll_ms + one frame "
+                f"({2 * (pre_roll_ms + frame_ms):g} ms)"
             )
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
-        self.aggressiveness = aggressiveness
         self.pre_roll_ms = pre_roll_ms
         self.hangover_ms = hangover_ms
         self.min_speech_ms = min_speech_ms
         self.max_segment_s = max_segment_s
+        self.pause_ms = pause_ms
 
-        self._vad = webrtcvad.Vad(aggressiveness)
-        self._frame_samples = sample_rate * frame_ms // 1000
-        self._frame_bytes = self._frame_samples * 2
+        self._frame_samples = frame_samples
+        self._frame_bytes = frame_samples * 2
         self._hangover_frames = max(1, round(hangover_ms / frame_ms))
+        self._pause_frames = max(1, round(pause_ms / frame_ms)) if pause_ms else 0
         self._max_frames = max(2, int(max_segment_s * 1000 // frame_ms))
         self._cut_search_frames = max(1, min(round(_CUT_SEARCH_S * 1000 / frame_ms), self._max_frames // 2))
         self._min_voiced_frames = int(np.ceil(min_speech_ms / frame_ms))
@@ -103,6 +139,12 @@ class VadSegmenter:
         self._active: list[_Frame] = []
         self._recent_voiced: deque[bool] = deque(maxlen=self._hangover_frames)
         self._continued = False  # the open segment continues one cut at max_segment_s
+        self._segment_id = ""
+        self._revision = 0
+        self._voiced = 0  # voiced frames in the open segment
+        self._silent_run = 0  # non-speech frames since the last voiced one
+        self._paused = False  # a pause was emitted and speech has not resumed since
+        self._resumed = 0  # voiced frames since that pause
 
         self._buffer = b""
         self._anchor_t: float | None = None
@@ -112,19 +154,20 @@ class VadSegmenter:
         self.segments_emitted = 0
         self.segments_cut = 0
         self.dropped_short = 0
+        self.pauses = 0
 
     # --- public API -------------------------------------------------------------------------
 
-    def feed(self, pcm: bytes, t0: float) -> list[SpeechSegment]:
+    def process(self, pcm: bytes, t0: float) -> list[VadEvent]:
         """Add a chunk of any length; ``t0`` is the capture time of its first sample.
 
-        Returns the segments this chunk completed.
+        Returns the pauses and the finished segments this chunk brought, in order.
         """
         if len(pcm) % 2:
             raise ValueError(f"PCM16 chunk must have an even number of bytes, got {len(pcm)}")
         self._place(t0)
         self._buffer += pcm
-        out: list[SpeechSegment] = []
+        out: list[VadEvent] = []
         n_frames = len(self._buffer) // self._frame_bytes
         for i in range(n_frames):
             data = self._buffer[i * self._frame_bytes : (i + 1) * self._frame_bytes]
@@ -133,19 +176,31 @@ class VadSegmenter:
         self._next_index += n_frames * self._frame_samples
         return out
 
+    def feed(self, pcm: bytes, t0: float) -> list[SpeechSegment]:
+        """Like :meth:`process`, but only the finished segments."""
+        return [e for e in self.process(pcm, t0) if isinstance(e, SpeechSegment)]
+
     def flush(self) -> list[SpeechSegment]:
         """End of stream: close the open segment (a trailing partial frame is padded with silence)."""
         out: list[SpeechSegment] = []
         if self._buffer:
             tail = len(self._buffer) // 2
             data = self._buffer + b"\x00" * (self._frame_bytes - len(self._buffer))
-            out.extend(self._step(data, self._next_index, keep_samples=tail))
+            out.extend(e for e in self._step(data, self._next_index, keep_samples=tail) if isinstance(e, SpeechSegment))
             self._next_index += tail
             self._buffer = b""
         if self._active:
             out.extend(self._close(self._active))
         self._reset_state()
         return out
+
+    # --- the engine -------------------------------------------------------------------------
+
+    def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
+        raise NotImplementedError
+
+    def _reset_engine(self) -> None:
+        """Forget what the engine carries between frames (end of stream)."""
 
     # --- time keeping ----------------------------------------------------------------------
 
@@ -168,9 +223,9 @@ class VadSegmenter:
 
     # --- the state machine -----------------------------------------------------------------
 
-    def _step(self, data: bytes, index: int, keep_samples: int | None = None) -> list[SpeechSegment]:
+    def _step(self, data: bytes, index: int, keep_samples: int | None = None) -> list[VadEvent]:
         samples = np.frombuffer(data, dtype="<i2").astype(np.float64)
-        voiced = self._vad.is_speech(data, self.sample_rate)
+        voiced = self._is_speech(data, samples)
         if keep_samples is not None:
             data = data[: keep_samples * 2]
         frame = _Frame(data, self._time(index), voiced, float(np.mean(samples**2)))
@@ -180,7 +235,7 @@ class VadSegmenter:
             if not voiced:
                 self._pre_roll.append(frame)
                 return []
-            self._active = [*self._pre_roll, frame]
+            self._open([*self._pre_roll, frame])
             self._pre_roll.clear()
             self._recent_voiced.clear()
             self._recent_voiced.append(True)
@@ -188,16 +243,50 @@ class VadSegmenter:
 
         self._active.append(frame)
         self._recent_voiced.append(voiced)
+        if voiced:
+            self._voiced += 1
+            self._silent_run = 0
+            if self._paused:
+                self._resumed += 1
+                if self._resumed >= RESUME_FRAMES:
+                    self._paused = False
+                    self._revision += 1
+        else:
+            self._silent_run += 1
         if (
             len(self._recent_voiced) == self._hangover_frames
             and sum(self._recent_voiced) <= _OFFSET_VOICED_FRACTION * self._hangover_frames
         ):
             frames, self._active = self._active, []
             self._recent_voiced.clear()
-            return self._close(frames)
+            return list(self._close(frames))
+        if (
+            self._pause_frames
+            and not self._paused
+            and self._silent_run >= self._pause_frames
+            and (self._voiced >= self._min_voiced_frames or self._continued)
+        ):
+            self._paused, self._resumed = True, 0
+            self.pauses += 1
+            return [Pause(self._segment(self._active)), *self._cut_if_long()]
         return self._cut_if_long()
 
-    def _cut_if_long(self) -> list[SpeechSegment]:
+    def _open(self, frames: list[_Frame]) -> None:
+        self._active = frames
+        self._segment_id = new_segment_id()
+        self._revision = 0
+        self._voiced = sum(f.voiced for f in frames)
+        self._silent_run = 0
+        self._paused = False
+        self._resumed = 0
+
+    def _segment(self, frames: list[_Frame]) -> SpeechSegment:
+        pcm = b"".join(f.pcm for f in frames)
+        end = frames[-1].t + len(frames[-1].pcm) / 2 / self.sample_rate
+        # Whole microseconds: one segment's end and the next one's start, the same instant, compare equal.
+        return SpeechSegment(pcm, round(frames[0].t, 6), round(end, 6), self._segment_id, self._revision)
+
+    def _cut_if_long(self) -> list[VadEvent]:
         if len(self._active) < self._max_frames:
             return []
         window = self._active[-self._cut_search_frames :]
@@ -205,9 +294,12 @@ class VadSegmenter:
         cut = len(self._active) - len(window) + quietest + 1  # the quietest frame ends this piece
         head, tail = self._active[:cut], self._active[cut:]
         self.segments_cut += 1
-        out = self._close(head, force=True)
+        self._revision += 1  # the piece is not what any pause showed
+        out: list[VadEvent] = list(self._close(head, force=True))
+        silent_run = self._silent_run
+        self._open(tail)
+        self._silent_run = min(silent_run, len(tail))
         self._continued = True
-        self._active = tail
         return out
 
     def _close(self, frames: list[_Frame], force: bool = False) -> list[SpeechSegment]:
@@ -219,16 +311,159 @@ class VadSegmenter:
             self.dropped_short += 1
             logger.debug("dropped a segment with %d ms of speech", voiced * self.frame_ms)
             return []
-        pcm = b"".join(f.pcm for f in frames)
-        end = frames[-1].t + len(frames[-1].pcm) / 2 / self.sample_rate
         self.segments_emitted += 1
-        return [SpeechSegment(pcm, frames[0].t, end)]
+        return [self._segment(frames)]
 
     def _reset_state(self) -> None:
         self._pre_roll.clear()
         self._active = []
         self._recent_voiced.clear()
         self._continued = False
+        self._paused = False
+        self._reset_engine()
 
 
-VAD_ENGINES: dict[str, type[VadSegmenter]] = {"webrtc": VadSegmenter}
+class VadSegmenter(Segmenter):
+    """webrtcvad on 10, 20 or 30 ms frames (``aggressiveness`` 0-3)."""
+
+    engine = "webrtc"
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        frame_ms: int = 30,
+        aggressiveness: int = 2,
+        pre_roll_ms: int = 300,
+        hangover_ms: int = 600,
+        min_speech_ms: int = 250,
+        max_segment_s: float = 28.0,
+        pause_ms: int = 90,
+    ) -> None:
+        if sample_rate not in SAMPLE_RATES:
+            raise ValueError(f"sample_rate must be one of {SAMPLE_RATES} for webrtcvad, got {sample_rate!r}")
+        if frame_ms not in FRAME_MS:
+            raise ValueError(f"frame_ms must be one of {FRAME_MS} for webrtcvad, got {frame_ms!r}")
+        if aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness!r}")
+        super().__init__(
+            sample_rate=sample_rate,
+            frame_samples=sample_rate * frame_ms // 1000,
+            pre_roll_ms=pre_roll_ms,
+            hangover_ms=hangover_ms,
+            min_speech_ms=min_speech_ms,
+            max_segment_s=max_segment_s,
+            pause_ms=pause_ms,
+        )
+        self.aggressiveness = aggressiveness
+        self._vad = webrtcvad.Vad(aggressiveness)
+
+    def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
+        return bool(self._vad.is_speech(data, self.sample_rate))
+
+
+class SileroSegmenter(Segmenter):
+    """Silero VAD v6 in ONNX Runtime: 512-sample windows at 16 kHz, each with the 64 samples before it.
+
+    The recurrent state and the context are carried from window to window. A window is speech when
+    its probability reaches ``threshold``, or, while in speech, stays at or above
+    ``threshold - 0.15`` (Silero's own hysteresis). Takes the model of faster-whisper's assets
+    (inputs ``input``, ``h``, ``c``) or of the ``silero-vad`` package (``input``, ``state``, ``sr``).
+    """
+
+    engine = "silero"
+    WINDOW = 512
+    CONTEXT = 64
+
+    def __init__(
+        self,
+        *,
+        model_path: Path,
+        sample_rate: int = 16000,
+        threshold: float = 0.5,
+        pre_roll_ms: int = 300,
+        hangover_ms: int = 600,
+        min_speech_ms: int = 250,
+        max_segment_s: float = 28.0,
+        pause_ms: int = 90,
+    ) -> None:
+        if sample_rate != 16000:
+            raise ValueError(f"the silero engine takes 16000 Hz audio, got {sample_rate!r}")
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
+        model_path = Path(model_path).expanduser()
+        if not model_path.is_file():
+            raise VadModelMissing(
+                f"no Silero VAD model at {model_path}: run `edgecap models prepare` "
+                "(it copies silero_vad.onnx into <models_dir>/vad/) or set vad.model_path"
+            )
+        super().__init__(
+            sample_rate=sample_rate,
+            frame_samples=self.WINDOW,
+            pre_roll_ms=pre_roll_ms,
+            hangover_ms=hangover_ms,
+            min_speech_ms=min_speech_ms,
+            max_segment_s=max_segment_s,
+            pause_ms=pause_ms,
+        )
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        names = {i.name for i in self._session.get_inputs()}
+        self._stateful = "state" in names  # the silero-vad package's model; else faster-whisper's
+        if not ({"input", "state", "sr"} <= names or {"input", "h", "c"} <= names):
+            raise ValueError(f"{model_path} is not a Silero VAD model (inputs {sorted(names)})")
+        self.model_path = model_path
+        self.threshold = threshold
+        self.neg_threshold = max(threshold - 0.15, 0.01)
+        self._reset_engine()
+
+    def _reset_engine(self) -> None:
+        self._context = np.zeros((1, self.CONTEXT), np.float32)
+        if self._stateful:
+            self._state: list[np.ndarray] = [np.zeros((2, 1, 128), np.float32)]
+        else:
+            self._state = [np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)]
+        self._in_speech = False
+        self.last_probability = 0.0
+
+    def probability(self, samples: np.ndarray) -> float:
+        """Speech probability of the next 512-sample window (float32 in [-1, 1]); advances the state."""
+        window = np.concatenate([self._context, samples.reshape(1, self.WINDOW).astype(np.float32)], axis=1)
+        if self._stateful:
+            feed = {"input": window, "state": self._state[0], "sr": np.array(self.sample_rate, np.int64)}
+        else:
+            feed = {"input": window, "h": self._state[0], "c": self._state[1]}
+        prob, *self._state = self._session.run(None, feed)
+        self._context = window[:, -self.CONTEXT :]
+        return float(np.asarray(prob).reshape(-1)[0])
+
+    def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
+        self.last_probability = p = self.probability(samples / 32768.0)
+        self._in_speech = p >= self.threshold or (self._in_speech and p >= self.neg_threshold)
+        return self._in_speech
+
+
+VAD_ENGINES: dict[str, type[Segmenter]] = {"webrtc": VadSegmenter, "silero": SileroSegmenter}
+
+
+def make_segmenter(settings: VadSettings, sample_rate: int = 16000) -> Segmenter:
+    """The segmenter ``settings.engine`` names, built from the agent's ``vad`` settings."""
+    s = settings
+    if s.engine == "webrtc":
+        return VadSegmenter(
+            sample_rate=sample_rate, aggressiveness=s.aggressiveness, pre_roll_ms=s.pre_roll_ms,
+            hangover_ms=s.hangover_ms, min_speech_ms=s.min_speech_ms, max_segment_s=s.max_segment_s,
+            pause_ms=s.pause_ms,
+        )
+    if s.engine == "silero":
+        return SileroSegmenter(
+            model_path=s.model_path, sample_rate=sample_rate, threshold=s.threshold, pre_roll_ms=s.pre_roll_ms,
+            hangover_ms=s.hangover_ms, min_speech_ms=s.min_speech_ms, max_segment_s=s.max_segment_s,
+            pause_ms=s.pause_ms,
+        )
+    raise ValueError(f"unknown VAD engine {settings.engine!r}; known: {', '.join(VAD_ENGINES)}")

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -44,6 +45,11 @@ class Demo:
         self.args = args
         self.workdir = Path(args.workdir or tempfile.mkdtemp(prefix="edgecap-demo-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.workdir / "captions", ignore_errors=True)  # a reused --workdir starts afresh
+        for stale in self.workdir.glob("*.sqlite3*"):
+            stale.unlink()
+        for stale in self.workdir.glob("edgecap.db*"):
+            stale.unlink()
         self.store_url = f"sqlite:///{self.workdir / 'edgecap.db'}"
         self.captions_dir = self.workdir / "captions"
         self.services: list[Service] = []
@@ -128,16 +134,30 @@ class Demo:
     # --- progress ---------------------------------------------------------------------------
 
     def agent_log(self) -> tuple[dict[str, dict[str, Any]], set[str]]:
-        """The agent's own record of what it captured (drafts) and which finals reached it."""
+        """The agent's own record of what it captured (drafts) and which finals reached it.
+
+        ``captions.jsonl`` holds one record per caption (rewritten atomically), every version kept:
+        version 1 is the edge draft, a later one a final that reached the device.
+        """
         path = self.captions_dir / "captions.jsonl"
         drafts: dict[str, dict[str, Any]] = {}
         finals: set[str] = set()
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
                 record = json.loads(line)
-                if record["event"] == "draft":
-                    drafts[record["segment_id"]] = record
-                else:
+                draft = next((v for v in record["versions"] if v["version"] == 1), None)
+                if draft is None:
+                    continue
+                drafts[record["segment_id"]] = {
+                    "segment_id": record["segment_id"],
+                    "seq": record["seq"],
+                    "started_at": record["started_at"],
+                    "ended_at": record["ended_at"],
+                    "shown_at": record["shown_at"],
+                    "produced_at": draft["produced_at"],
+                    "text": draft["text"],
+                }
+                if record["version"] > 1:
                     finals.add(record["segment_id"])
         return drafts, finals
 

@@ -11,9 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from contracts import Final, Transcript
 from contracts.settings import ConfigError
-from edge_agent.captions import CaptionSink, srt_time
 from edge_agent.capture import FileSource, load_audio, resample
 from edge_agent.settings import AgentSettings
 
@@ -52,32 +50,6 @@ def test_check_config_cli(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert "bogus" in bad.stderr
-
-
-def test_srt_time() -> None:
-    assert srt_time(0) == "00:00:00,000"
-    assert srt_time(3725.5) == "01:02:05,500"
-
-
-def test_final_replaces_draft_in_place(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    sink = CaptionSink(tmp_path, origin=100.0)
-    t = Transcript(text=" helo wrld", model_id="edge", produced_at=102.0)
-    sink.draft("a", 0, 100.5, 101.5, t)
-    sink.draft("b", 1, 102.0, 103.0, Transcript(text="second", model_id="edge", produced_at=103.2))
-    assert "helo wrld" in sink.srt_path.read_text()
-    final = Final(agent_id="pi", segment_id="a", seq=0, started_at=100.5, ended_at=101.5, text="Hello world.",
-                  source="cloud", version=2, transcript=Transcript(text="Hello world.", model_id="cloud",
-                                                                    produced_at=104.0), draft_text="helo wrld")
-    assert sink.final(final)
-    srt = sink.srt_path.read_text()
-    assert "Hello world." in srt and "helo wrld" not in srt and "second" in srt
-    assert srt.startswith("1\n00:00:00,500 --> 00:00:01,500\nHello world.\n")
-    events = [json.loads(line) for line in sink.jsonl_path.read_text().splitlines()]
-    assert [e["event"] for e in events] == ["draft", "draft", "final"]
-    assert events[2]["draft_text"] == "helo wrld" and events[2]["version"] == 2
-    assert not sink.final(final.model_copy(update={"segment_id": "unknown"}))
-    out = capsys.readouterr().out
-    assert "(draft) helo wrld" in out and "(final) Hello world." in out
 
 
 def test_load_audio_converts_rate_and_channels(tmp_path: Path) -> None:

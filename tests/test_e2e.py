@@ -50,5 +50,9 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     assert wer(reference, " ".join(r["final"]["text"] for r in rows)) <= 0.10
 
     # The agent saw the finals come back and replaced its drafts in the SRT file.
-    events = [json.loads(x) for x in (tmp_path / "captions" / "captions.jsonl").read_text().splitlines()]
-    assert sum(e["event"] == "final" for e in events) == utterances
+    assert summary["finals_on_device"] == utterances
+    captions = [json.loads(x) for x in (tmp_path / "captions" / "captions.jsonl").read_text().splitlines()]
+    assert len(captions) == utterances
+    assert all(c["version"] == 2 and [v["version"] for v in c["versions"]] == [1, 2] for c in captions)
+    assert "-->" in (tmp_path / "captions" / "captions.srt").read_text()
+    assert (tmp_path / "captions" / "captions.vtt").read_text().startswith("WEBVTT")

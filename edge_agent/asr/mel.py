@@ -67,9 +67,14 @@ def pad_or_trim(audio: np.ndarray, length: int = N_SAMPLES) -> np.ndarray:
     return np.pad(audio, (0, length - audio.shape[0]))
 
 
-def log_mel(audio: np.ndarray, n_mels: int = 80) -> np.ndarray:
-    """(n_mels, 3000) float32 log-mel features of float mono 16 kHz audio (padded/cut to 30 s)."""
-    samples = pad_or_trim(np.asarray(audio, dtype=np.float64).reshape(-1))
+def log_mel(audio: np.ndarray, n_mels: int = 80, n_samples: int = N_SAMPLES) -> np.ndarray:
+    """(n_mels, 3000) float32 log-mel features of float mono 16 kHz audio (padded/cut to 30 s).
+
+    ``n_samples`` < 30 s gives the first ``n_samples // 160`` frames of the same features, computed
+    on the shorter window only (identical values when the audio ends at least 200 samples before
+    the window does, since the rest of the 30 s is silence and cannot raise the clamp).
+    """
+    samples = pad_or_trim(np.asarray(audio, dtype=np.float64).reshape(-1), n_samples)
     padded = np.pad(samples, N_FFT // 2, mode="reflect")
     n_frames = 1 + (padded.shape[0] - N_FFT) // HOP_LENGTH
     frames = np.lib.stride_tricks.as_strided(

@@ -5,6 +5,14 @@ timestamps: one transcript segment spans the audio (the agent's VAD already cut 
 utterance of at most 30 s). Tokens are suppressed as Whisper does (its ``suppress_tokens``, the
 special tokens, timestamps, and blank/end-of-text at the first step); a window that the model
 thinks holds no speech (Whisper's no-speech and log-probability thresholds) gives empty text.
+
+Speed (2 cores): the encoder over the padded 30 s window is most of the cost (~140-200 ms for
+tiny.en, 60 % of it in the fp32 attention over 1500 positions). When the ``onnx`` package is
+importable, the encoder graph is patched at load (its input length made free and the positional
+embedding sliced to it), so ``transcribe(audio, window_s=10)`` encodes a 10 s window instead:
+~25 ms, at some cost in accuracy (Whisper was trained on 30 s windows), which suits an early draft.
+Without ``window_s`` the full window is used and results are unchanged. The sessions do not spin
+their thread pools between runs: the encoder's and decoder's pools would fight over 2 cores.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 # Whisper samples at most half the text context per window.
 MAX_NEW_TOKENS = 224
+# A runaway decoding loop (repeating a phrase) stops at this many tokens per second of audio.
+MAX_TOKENS_PER_S = 8.0
+# A shortened encoder window holds the audio plus this much silence, in steps of WINDOW_STEP_S
+# (few distinct shapes: ONNX Runtime plans memory once per shape).
+WINDOW_MARGIN_S = 2.0
+WINDOW_STEP_S = 5.0
 
 
 class ModelNotPrepared(FileNotFoundError):
@@ -44,13 +58,59 @@ class Decoded:
     no_speech_prob: float
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(model: Path | bytes, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def windowed_encoder(path: Path, n_positions: int, d_model: int) -> bytes | None:
+    """The encoder graph with a free input length (positional embedding sliced to it), or None.
+
+    None when the ``onnx`` package is missing or the graph does not have the expected shape; the
+    full-window encoder is then used as it is.
+    """
+    try:
+        import onnx
+        from onnx import TensorProto, helper
+    except ImportError:
+        log.info("onnx is not installed: the encoder always takes the full 30 s window")
+        return None
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {i.name: tuple(i.dims) for i in graph.initializer}
+    positions = [
+        (node, name)
+        for node in graph.node
+        if node.op_type == "Add"
+        for name in node.input
+        if initializers.get(name) == (n_positions, d_model)
+    ]
+    dims = graph.input[0].type.tensor_type.shape.dim if len(graph.input) == 1 else []
+    if len(positions) != 1 or len(dims) != 3:
+        log.warning("encoder graph not as expected: it keeps the full 30 s window")
+        return None
+    add, table = positions[0]
+    hidden = next(name for name in add.input if name != table)
+    dims[2].ClearField("dim_value")
+    dims[2].dim_param = "frames"
+    graph.initializer.append(helper.make_tensor("window/zero", TensorProto.INT64, [1], [0]))
+    at = list(graph.node).index(add)
+    graph.node.insert(at, helper.make_node("Shape", [hidden], ["window/length"], start=1, end=2))
+    graph.node.insert(at + 1, helper.make_node(
+        "Slice", [table, "window/zero", "window/length", "window/zero"], ["window/positions"]))
+    add.input[list(add.input).index(table)] = "window/positions"
+    for output in graph.output:
+        for dim in output.type.tensor_type.shape.dim:
+            if dim.dim_value == n_positions:
+                dim.ClearField("dim_value")
+                dim.dim_param = "positions"
+    return model.SerializeToString()
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -78,7 +138,12 @@ class OnnxWhisper:
         self._tokens: dict[str, int] = self.manifest["tokens"]
         self._n_mels = int(self.manifest["n_mels"])
         self.language = self._check_language(language)
-        self._encoder = _session(model_dir / "encoder.onnx", threads)
+        self._n_frames = int(self.manifest.get("n_frames", N_SAMPLES // 160))
+        patched = windowed_encoder(model_dir / "encoder.onnx", self._n_frames // 2, int(self.manifest["d_model"]))
+        self.windowed = patched is not None
+        """True when ``window_s`` can shorten the encoder window."""
+        self._encoder = _session(patched if patched is not None else model_dir / "encoder.onnx", threads)
+        del patched
         self._decoder = _session(model_dir / "decoder.onnx", threads)
         self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._suppress = self._suppress_mask()
@@ -110,6 +175,8 @@ class OnnxWhisper:
     def warmup(self) -> None:
         """Run one short window so the first real segment pays no start-up cost."""
         self.decode(np.zeros(SAMPLE_RATE, dtype=np.float32), max_new_tokens=2)
+        if self.windowed:
+            self.decode(np.zeros(SAMPLE_RATE, dtype=np.float32), max_new_tokens=2, window_s=2 * WINDOW_STEP_S)
 
     def _prompt(self, cross: list[np.ndarray]) -> tuple[list[int], str | None]:
         tokens = self._tokens
@@ -146,13 +213,27 @@ class OnnxWhisper:
             raise ValueError("audio contains NaN or infinite samples")
         return audio
 
-    def decode(self, audio: np.ndarray, *, max_new_tokens: int = MAX_NEW_TOKENS) -> tuple[Decoded, str | None]:
-        """Greedy tokens of one window of float32 mono 16 kHz audio (<= 30 s), and its language."""
+    def window_samples(self, n_audio: int, window_s: float | None) -> int:
+        """Samples of the encoder window for ``n_audio`` samples of audio (30 s unless shortened)."""
+        if window_s is None or not self.windowed:
+            return N_SAMPLES
+        seconds = max(window_s, n_audio / SAMPLE_RATE + WINDOW_MARGIN_S)
+        seconds = np.ceil(seconds / WINDOW_STEP_S) * WINDOW_STEP_S
+        return min(N_SAMPLES, int(seconds * SAMPLE_RATE))
+
+    def decode(
+        self, audio: np.ndarray, *, max_new_tokens: int = MAX_NEW_TOKENS, window_s: float | None = None
+    ) -> tuple[Decoded, str | None]:
+        """Greedy tokens of one window of float32 mono 16 kHz audio (<= 30 s), and its language.
+
+        ``window_s`` shortens the encoder window to at least that many seconds (see the module).
+        """
         audio = self._audio(audio)
-        features = log_mel(audio, self._n_mels)[None]
+        features = log_mel(audio, self._n_mels, self.window_samples(audio.shape[0], window_s))[None]
         cross = self._encoder.run(None, {"input_features": features})
         prompt, language = self._prompt(cross)
         limit = min(max_new_tokens, int(self.manifest["max_target_positions"]) - len(prompt))
+        limit = min(limit, int(10 + MAX_TOKENS_PER_S * audio.shape[0] / SAMPLE_RATE))
         eos = self._tokens["eos"]
         tokens: list[int] = []
         logprob_sum = 0.0
@@ -182,13 +263,13 @@ class OnnxWhisper:
         content = [t for t in tokens if t < self._tokens["eos"]]
         return self._tokenizer.decode(content, skip_special_tokens=True).strip()
 
-    def transcribe(self, audio: np.ndarray) -> Transcript:
-        """Transcript of float32 mono 16 kHz audio of at most 30 s."""
+    def transcribe(self, audio: np.ndarray, *, window_s: float | None = None) -> Transcript:
+        """Transcript of float32 mono 16 kHz audio of at most 30 s (``window_s``: see ``decode``)."""
         audio = self._audio(audio)
         duration = audio.shape[0] / SAMPLE_RATE
         text, language = "", self.language
         if audio.shape[0]:
-            decoded, language = self.decode(audio)
+            decoded, language = self.decode(audio, window_s=window_s)
             silent = decoded.no_speech_prob > NO_SPEECH_THRESHOLD and decoded.avg_logprob < LOGPROB_THRESHOLD
             if silent:
                 log.debug("no speech (p=%.2f, avg logprob %.2f)", decoded.no_speech_prob, decoded.avg_logprob)

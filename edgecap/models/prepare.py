@@ -135,6 +135,17 @@ def _prepare_onnx(target: ModelPaths, force: bool) -> bool:
     return True
 
 
+def _prepare_vad(models_dir: Path) -> bool:
+    """The Silero VAD model for the agent, alongside every ASR model (a warning when unavailable)."""
+    from edgecap.models import silero
+
+    try:
+        return silero.prepare(models_dir)
+    except silero.MissingVadModel as exc:
+        log.warning("%s (only needed for vad.engine = \"silero\")", exc)
+        return False
+
+
 def prepare(
     name: str = "tiny.en",
     models_dir: Path | None = None,
@@ -158,6 +169,8 @@ def prepare(
         built.append(HF)
     if onnx and _prepare_onnx(target, force or bool(built)):
         built.append(ONNX)
+    if onnx and _prepare_vad(Path(models_dir)):
+        built.append("vad")
     return ModelPaths(name=name, root=target.root, hf=target.hf, onnx=target.onnx, built=tuple(built))
 
 

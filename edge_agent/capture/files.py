@@ -1,7 +1,7 @@
-"""Audio capture: 16 kHz mono PCM16 chunks stamped with the wall-clock time of their first sample.
+"""Recordings as input: any WAV/FLAC/OGG, converted to 16 kHz mono, optionally paced in real time.
 
-A recording can stand in for a microphone: with ``realtime=True`` each chunk is released only when
-it would have been fully captured by a live device, so latencies measured downstream are real.
+With ``realtime=True`` each chunk is released only when it would have been fully captured by a
+live device, so a recording can stand in for a microphone and latencies measured downstream are real.
 """
 
 from __future__ import annotations
@@ -14,13 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge_agent.capture.base import SAMPLE_RATE, AudioSource, CaptureError
+from edge_agent.capture.resample import resample
+
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-
-
-class CaptureError(RuntimeError):
-    """The input cannot be read as audio; the message says why."""
 
 
 def load_audio(path: Path) -> np.ndarray:
@@ -39,18 +36,7 @@ def load_audio(path: Path) -> np.ndarray:
     return np.clip(np.round(mono * 32767.0), -32768, 32767).astype(np.int16)
 
 
-def resample(x: np.ndarray, src_rate: int, dst_rate: int) -> np.ndarray:
-    """Band-limited resampling by FFT (whole-signal); good enough for speech files."""
-    if src_rate == dst_rate or x.size == 0:
-        return x
-    n_out = int(round(x.size * dst_rate / src_rate))
-    spectrum = np.fft.rfft(x)
-    keep = min(spectrum.size, n_out // 2 + 1)
-    out = np.fft.irfft(spectrum[:keep], n_out) * (n_out / x.size)
-    return out.astype(np.float32)
-
-
-class FileSource:
+class FileSource(AudioSource):
     """Chunks of a recording, optionally paced in real time."""
 
     def __init__(self, path: Path, *, realtime: bool = True, chunk_ms: int = 30) -> None:

@@ -1,0 +1,21 @@
+"""Camera frames: a camera, a video file or a folder of images → motion trigger → JPEG → outbox.
+
+OpenCV is imported only when frames are enabled (``pip install 'edgecap[camera]'``).
+"""
+
+from edge_agent.frames.capture import MAX_JPEG_BYTES, FrameCapture, encode_jpeg
+from edge_agent.frames.motion import MotionTrigger
+from edge_agent.frames.sources import CameraReader, FolderReader, FrameReader, VideoReader, load_cv2, open_reader
+
+__all__ = [
+    "MAX_JPEG_BYTES",
+    "CameraReader",
+    "FolderReader",
+    "FrameCapture",
+    "FrameReader",
+    "MotionTrigger",
+    "VideoReader",
+    "encode_jpeg",
+    "load_cv2",
+    "open_reader",
+]
