@@ -6,13 +6,14 @@ Recordings: the bundled sample plus generated ones (Piper and espeak, clean and 
 cut into per-utterance segments by the agent's own VAD (what the agent feeds the model). Both
 engines use 2 threads and run in this one process, interleaved segment by segment (the order
 alternating), ``--reps`` times; RTF = compute time / audio time of a whole pass, median over the
-passes. Ours is also timed with the short encoder window of early drafts (``window_s=10``) and
-with a 20 s window (``window_s=20``), each a separate instance. WER
+passes. "Ours" is the agent's committed draft as shipped (encoder window ``asr.window_s``, 20 s
+by default, widened for longer audio); ours is also timed with the short window of early drafts
+(``window_s=10``) and with Whisper's full 30 s window, each a separate instance. WER
 is over all segments' text (jiwer, normalized). Peak RSS of each engine is measured in its own
 subprocess (load, warm up, transcribe every segment once; VmHWM from /proc). Prints progress lines,
 then one JSON line: ``rtf_ours``, ``rtf_faster_whisper``, ``rtf_ratio`` (target <= 0.6),
 ``wer_ours``, ``wer_faster_whisper``, ``wer_delta_points`` (target <= 1.0), ``rss_mb``, and the
-shorter-window figures ``rtf_ours_early``, ``wer_ours_early``, ``rtf_ours_20s``, ``wer_ours_20s``.
+other-window figures ``rtf_ours_early``, ``wer_ours_early``, ``rtf_ours_30s``, ``wer_ours_30s``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from edge_agent.settings import AsrSettings
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -117,7 +120,7 @@ def rss_child(engine: str, models_dir: Path, workdir: Path) -> None:
     """In a subprocess: load one engine, transcribe every segment once, print the peak RSS in MB."""
     audios = load(workdir / "segments.npz")
     before = peak_rss_mb()
-    model = Ours(models_dir) if engine == "ours" else FasterWhisper()
+    model = Ours(models_dir, AsrSettings().window_s) if engine == "ours" else FasterWhisper()
     for audio in audios:
         model(audio)
     peak = peak_rss_mb()
@@ -145,8 +148,11 @@ def main() -> int:
         audio_s = sum(a.size for a, _ in segs) / RATE
         print(f"{len(segs)} segments, {audio_s:.1f} s of audio", flush=True)
         engines: dict[str, Ours | FasterWhisper] = {
-            "ours": Ours(models_dir), "faster_whisper": FasterWhisper(), "ours_early": Ours(models_dir, 10.0),
-                   "ours_20s": Ours(models_dir, 20.0)}
+            "ours": Ours(models_dir, AsrSettings().window_s),
+            "faster_whisper": FasterWhisper(),
+            "ours_early": Ours(models_dir, 10.0),
+            "ours_30s": Ours(models_dir),
+        }
         seconds: dict[str, list[float]] = {name: [] for name in engines}
         texts: dict[str, list[str]] = {}
         for rep in range(args.reps):
@@ -188,8 +194,9 @@ def main() -> int:
         "wer_delta_points": round(100 * (wers["ours"] - wers["faster_whisper"]), 2),
         "rtf_ours_early": round(rtf["ours_early"], 4),
         "wer_ours_early": round(wers["ours_early"], 4),
-        "rtf_ours_20s": round(rtf["ours_20s"], 4),
-        "wer_ours_20s": round(wers["ours_20s"], 4),
+        "rtf_ours_30s": round(rtf["ours_30s"], 4),
+        "wer_ours_30s": round(wers["ours_30s"], 4),
+        "ours_window_s": AsrSettings().window_s,
         "rss_mb": rss,
     }
     print(json.dumps(result))

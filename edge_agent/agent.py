@@ -74,6 +74,7 @@ class Agent:
             self.captions,
             self._caption,
             early_window_s=s.vad.early_window_s if s.vad.pause_ms else None,
+            commit_window_s=s.asr.window_s if s.asr.window_s < 30 else None,
             expected_seq=self.outbox.next_seq,
             on_inference=self.health.record_inference,
         )

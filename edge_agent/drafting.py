@@ -57,7 +57,7 @@ class CaptionView(Protocol):
 class _Draft:
     revision: int
     transcript: Transcript
-    full: bool  # made with the full 30 s window (good enough to commit)
+    full: bool  # made with a window at least as wide as the commit window (good enough to commit)
 
 
 @dataclass
@@ -76,6 +76,7 @@ class Drafter:
         commit: Commit,
         *,
         early_window_s: float | None = 10.0,
+        commit_window_s: float | None = None,
         expected_seq: Callable[[], int] | None = None,
         on_inference: Callable[[float, float], None] | None = None,
     ) -> None:
@@ -83,6 +84,7 @@ class Drafter:
         self.captions = captions
         self.commit = commit
         self.early_window_s = early_window_s if asr.windowed else None
+        self.commit_window_s = commit_window_s if asr.windowed else None
         self.expected_seq = expected_seq
         self.on_inference = on_inference
         self.counters: Counter[str] = Counter()
@@ -144,7 +146,8 @@ class Drafter:
             return  # already drafted this audio
         early = self.early_window_s
         transcript = self._transcribe(speech, early)
-        self._drafts[sid] = _Draft(speech.revision, transcript, full=early is None)
+        good_enough = early is None or (self.commit_window_s is not None and early >= self.commit_window_s)
+        self._drafts[sid] = _Draft(speech.revision, transcript, full=good_enough)
         self.counters["early_drafts"] += 1
         seq = self.expected_seq() if self.expected_seq is not None else -1
         self._show(speech, seq, transcript)
@@ -160,7 +163,7 @@ class Drafter:
             if kept is not None:
                 self.counters["drafts_replaced"] += 1
             try:
-                transcript = self._transcribe(speech, None)
+                transcript = self._transcribe(speech, self.commit_window_s)
             except Exception:  # the segment is still committed: with the early draft, or none
                 log.exception("transcribing segment %s failed; committed with %s", sid,
                               "its early draft" if kept else "no draft")

@@ -80,6 +80,12 @@ class AsrSettings(Group):
     )
     threads: int = Field(2, ge=1, le=64, description="Inference threads.")
     language: str | None = Field(None, description="Language code for multilingual models (None: detect).")
+    window_s: float = Field(
+        20.0,
+        ge=5,
+        le=30,
+        description="Encoder window (s) for committed drafts; audio longer than it widens it; 30 = Whisper's own.",
+    )
 
 
 class OutboxSettings(Group):
