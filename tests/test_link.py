@@ -56,9 +56,12 @@ class FakeBridgePeer:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.subscribe(mqtt_filter(Up.SEGMENTS), qos=1)
         self.client.loop_start()
+        assert subscribed.wait(10), "the peer's subscription was not acknowledged"
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
         segment = decode(msg.payload, Segment)

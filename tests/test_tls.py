@@ -118,10 +118,21 @@ class Peer:
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bridge", protocol=mqtt.MQTTv5)
         apply_credentials(self.client, settings)
-        self.client.on_message = lambda _c, _u, msg: self.received.append(decode(msg.payload, Segment))
+        self.client.on_message = self._on_message
+        subscribed = threading.Event()
+        self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect(settings.host, settings.port)
         self.client.subscribe(mqtt_filter(Up.SEGMENTS), qos=1)
         self.client.loop_start()
+        assert subscribed.wait(10), "the peer's subscription was not acknowledged"
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        """Receive and receipt each segment, as the bridge does (the agent sends the oldest alone
+        after connecting and waits for its receipt before sending more)."""
+        segment = decode(msg.payload, Segment)
+        self.received.append(segment)
+        receipt = Receipt(agent_id=segment.agent_id, accepted=[segment.segment_id], issued_at=time.time())
+        self.client.publish(mqtt_topic(segment.agent_id, Down.RECEIPTS), encode(receipt), qos=1)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -152,8 +163,6 @@ def test_client_certificate_agent_delivers(tmp_path: Path, pki: Path, cert_broke
         ids = add_segments(box, 5)
         link.notify()
         assert wait_for(lambda: {s.segment_id for s in peer.received} >= set(ids))
-        receipt = Receipt(agent_id=AGENT, accepted=ids, issued_at=time.time())
-        peer.client.publish(mqtt_topic(AGENT, Down.RECEIPTS), encode(receipt), qos=1).wait_for_publish(5)
         assert wait_for(lambda: box.depth() == 0)
     finally:
         link.stop()
