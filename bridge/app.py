@@ -1,8 +1,10 @@
-"""The bridge's lifecycle: metrics → Kafka producer → publisher → uplink → bridge loop → downlink.
+"""The bridge's lifecycle: metrics → Kafka delivery → publisher → uplink → bridge loop → downlink.
 
 Threads: paho runs one network thread per MQTT connection (the uplink's calls
-:meth:`Uplink.on_message`); the bridge loop thread polls the producer (Kafka delivery callbacks:
-MQTT acks, receipt entries) and publishes due receipts; the downlink runs its own consumer thread.
+:meth:`Uplink.on_message`); the bridge loop thread serves the Kafka delivery (callbacks: MQTT acks,
+receipt entries; retry rounds) and publishes due receipts; the downlink runs its own consumer thread
+and dead-letters bad finals through a producer of its own (not idempotent: it never has to be
+replaced, and the loop polls it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, Self
 from confluent_kafka import Producer
 from paho.mqtt.client import MQTTMessageInfo
 
+from bridge.delivery import Delivery
 from bridge.downlink import Downlink
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
@@ -36,7 +39,8 @@ class Bridge:
         self.receipts = ReceiptBook(settings.receipt_interval_ms / 1000, settings.receipt_max_ids)
         self._stop = threading.Event()
         self._loop: threading.Thread | None = None
-        self.producer: Producer | None = None
+        self.delivery: Delivery | None = None
+        self.producer: Producer | None = None  # the downlink's dead letters
         self.publisher: MqttConnection | None = None
         self.uplink: Uplink | None = None
         self.downlink: Downlink | None = None
@@ -51,18 +55,10 @@ class Bridge:
     def _start(self) -> Self:
         s = self.settings
         self.metrics.serve(s.metrics_port, s.metrics_host)
-        self.producer = Producer(
-            s.kafka.config(
-                **{
-                    "logger": logging.getLogger("bridge.kafka.producer"),
-                    "acks": "all",
-                    "enable.idempotence": True,
-                    "linger.ms": s.linger_ms,
-                    "compression.type": s.compression,
-                    "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),
-                    "delivery.timeout.ms": s.delivery_timeout_ms,
-                }
-            )
+        self.delivery = Delivery(
+            producer_config(s),
+            self.metrics,
+            backoff_s=(s.retry_backoff_min_ms / 1000, s.retry_backoff_max_ms / 1000),
         )
         self.publisher = MqttConnection(
             s.mqtt,
@@ -72,11 +68,14 @@ class Bridge:
             reconnect_s=(s.reconnect_min_s, s.reconnect_max_s),
         )
         self.publisher.start()
-        self.uplink = Uplink(s, self.producer, self.receipts, self.metrics)
+        self.uplink = Uplink(s, self.delivery, self.receipts, self.metrics)
         self.uplink.start()
         self._loop = threading.Thread(target=self._run, name="bridge-loop", daemon=True)
         self._loop.start()
         if s.downlink:
+            self.producer = Producer(
+                s.kafka.config(logger=logging.getLogger("bridge.kafka.deadletters"), acks="all")
+            )
             self.downlink = Downlink(s, self.publisher, self.producer, self.metrics)
             self.downlink.start()
         log.info(
@@ -97,10 +96,14 @@ class Bridge:
         self._stop.set()
         if self._loop is not None:
             self._loop.join()
-        if self.producer is not None:
-            left = self.producer.flush(_FLUSH_S)  # delivery callbacks now run in this thread
+        if self.delivery is not None:
+            left = self.delivery.flush(_FLUSH_S)  # delivery callbacks now run in this thread
             if left:
                 log.warning("%d records not confirmed by Kafka at shutdown; their messages stay unacked", left)
+        if self.uplink is not None:
+            self.uplink.ack_confirmed()
+        if self.producer is not None and self.producer.flush(_FLUSH_S / 5):
+            log.warning("dead letters of the downlink not confirmed by Kafka at shutdown")
         for info in self._publish_receipts(everything=True):
             try:
                 info.wait_for_publish(_FLUSH_S / 5)
@@ -126,11 +129,14 @@ class Bridge:
 
     def _run(self) -> None:
         """The bridge loop: serve Kafka delivery callbacks and send due receipts."""
-        assert self.producer is not None
+        assert self.delivery is not None and self.uplink is not None
         poll_s = min(0.01, self.settings.receipt_interval_ms / 2000)
         while not self._stop.is_set():
             try:
-                self.producer.poll(poll_s)
+                self.delivery.serve(poll_s)
+                self.uplink.ack_confirmed()
+                if self.producer is not None:
+                    self.producer.poll(0)
                 self._publish_receipts()
             except Exception:
                 log.exception("bridge loop error (continuing)")
@@ -153,3 +159,18 @@ class Bridge:
                 len(receipt.rejected),
             )
         return sent
+
+
+def producer_config(s: BridgeSettings) -> dict[str, Any]:
+    """The uplink producer's librdkafka configuration: every write confirmed by all replicas, once."""
+    return s.kafka.config(
+        **{
+            "logger": logging.getLogger("bridge.kafka.producer"),
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": s.linger_ms,
+            "compression.type": s.compression,
+            "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),
+            "delivery.timeout.ms": s.delivery_timeout_ms,
+        }
+    )

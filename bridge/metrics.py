@@ -26,7 +26,14 @@ class Metrics:
         self.receipt_ids = Counter(p + "receipt_ids", "Segment ids listed in receipts.", ["kind"], registry=r)
         self.duplicates = Counter(p + "duplicates", "Segments seen again within the window.", registry=r)
         self.dead_lettered = Counter(p + "dead_lettered", "Refused inputs, by reason.", ["reason"], registry=r)
-        self.delivery_failures = Counter(p + "delivery_failures", "Kafka deliveries that failed.", registry=r)
+        self.delivery_failures = Counter(
+            p + "delivery_failures", "Kafka deliveries that failed (each is produced again).", registry=r
+        )
+        self.retried = Counter(p + "retried", "Kafka records produced again after a failed delivery.", registry=r)
+        self.producer_restarts = Counter(
+            p + "producer_restarts", "Kafka producers replaced after a fatal error.", registry=r
+        )
+        self.intake_held = Gauge(p + "intake_held", "1 while a retry round holds the MQTT intake.", registry=r)
         self.errors = Counter(p + "errors", "Messages that hit an unexpected error (left unacked).", registry=r)
         self.in_flight = Gauge(p + "in_flight", "MQTT messages produced but not yet confirmed.", registry=r)
         self.delivery_seconds = Histogram(

@@ -13,6 +13,7 @@ from paho.mqtt.properties import Properties
 
 from bridge.metrics import Metrics
 from contracts.settings import MqttSettings
+from edgecap.mqttauth import apply_credentials
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +52,7 @@ class MqttConnection:
             protocol=mqtt.MQTTv5,
             manual_ack=manual_ack,
         )
-        if settings.username:
-            password = settings.password.get_secret_value() if settings.password else None
-            self.client.username_pw_set(settings.username, password)
+        apply_credentials(self.client, settings)  # the bridge's own account (and TLS), never a device's
         self.client.suppress_exceptions = True  # a callback's error is logged, never ends the loop
         self.client.enable_logger(logging.getLogger(f"{__name__}.paho"))
         self.client.reconnect_delay_set(*reconnect_s)

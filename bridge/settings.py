@@ -50,6 +50,10 @@ class BridgeSettings(ServiceSettings):
     delivery_timeout_ms: int = Field(
         60_000, ge=1000, description="How long Kafka may take to confirm a record before it counts as failed."
     )
+    retry_backoff_min_ms: int = Field(
+        500, ge=1, description="Wait before producing failed records again (doubles each round up to the maximum)."
+    )
+    retry_backoff_max_ms: int = Field(10_000, ge=1, description="Longest wait between retry rounds.")
     downlink: bool = Field(True, description="Carry finals from Kafka down to the agents.")
     downlink_group: str = Field("edgecap-bridge-downlink", description="Kafka consumer group of the downlink.")
     downlink_session_timeout_ms: int = Field(

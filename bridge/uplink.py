@@ -2,26 +2,27 @@
 
 Threads:
 - paho's network thread of the uplink connection runs :meth:`Uplink.on_message`: it validates,
-  waits for a free in-flight slot (back-pressure: while it waits, paho reads nothing more), and
-  produces. It alone touches the duplicate window.
-- the bridge loop thread runs ``producer.poll()``, so Kafka delivery callbacks
-  (:meth:`Uplink._delivered`) run there; they ack MQTT, release the slot and fill receipts.
-  ``on_message`` also polls when librdkafka's queue is full, so callbacks take ``_lock``.
+  waits for a free in-flight slot (back-pressure: while it waits, paho reads nothing more) and
+  hands the records to :class:`~bridge.delivery.Delivery`, which also holds it while a retry round
+  runs. It alone touches the duplicate window.
+- the bridge loop thread serves Kafka's delivery callbacks (:meth:`Uplink._confirmed` marks a
+  message whose records are all confirmed), then :meth:`Uplink.ack_confirmed` acks MQTT in arrival
+  order (PUBACKs go out in the order the PUBLISHes came, as MQTT asks), frees the slots and fills
+  receipts. ``_lock`` guards the ack queue.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from bridge.delivery import Delivery
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
@@ -32,32 +33,29 @@ from contracts import Draft, Frame, Kafka, Receipt, Rejection, Segment, Up, enco
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Pending:
-    """One MQTT message whose Kafka records are not all confirmed yet."""
+    """One MQTT message waiting for Kafka's confirmation of all its records, then for its ack."""
 
     mid: int
     qos: int
-    remaining: int
     on_success: Callable[[], None]
-    describe: str
-    failed: bool = False
-    started: float = field(default_factory=time.monotonic)
+    confirmed: bool = False
 
 
 class Uplink:
     """The persistent, shared, manually acknowledged subscription to every agent's segments and frames."""
 
-    def __init__(self, settings: BridgeSettings, producer: Producer, receipts: ReceiptBook, metrics: Metrics) -> None:
+    def __init__(self, settings: BridgeSettings, delivery: Delivery, receipts: ReceiptBook, metrics: Metrics) -> None:
         self.settings = settings
-        self.producer = producer
+        self.delivery = delivery
         self.receipts = receipts
         self.metrics = metrics
         self.subscribed = threading.Event()
         self._closing = threading.Event()
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         self._lock = threading.Lock()
-        self._in_flight = 0
+        self._unacked: deque[_Pending] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._filters = [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)]
         self.connection = MqttConnection(
@@ -87,8 +85,9 @@ class Uplink:
         self.metrics.connected.set(0)
 
     def in_flight(self) -> int:
+        """Messages taken from MQTT and not acknowledged yet."""
         with self._lock:
-            return self._in_flight
+            return len(self._unacked)
 
     # --- paho network thread -------------------------------------------------------------
 
@@ -138,18 +137,19 @@ class Uplink:
             self._refuse(msg, raw, agent_id, refused)
             return
         self._note_seen(item.segment_id, agent_id)
+        records: list[tuple[Kafka, str | None, bytes]]
         if isinstance(item, Frame):
-            records = [(Kafka.FRAMES, raw)]
+            records = [(Kafka.FRAMES, agent_id, raw)]
         else:
-            records = [(Kafka.SEGMENTS, raw)]
+            records = [(Kafka.SEGMENTS, agent_id, raw)]
             if item.draft is not None:
-                records.append((Kafka.DRAFTS, encode(Draft.of(item))))
+                records.append((Kafka.DRAFTS, agent_id, encode(Draft.of(item))))
 
         def accepted() -> None:
             self.receipts.accept(item.agent_id, item.segment_id)
 
         kind = "frame" if isinstance(item, Frame) else "segment"
-        self._forward(msg, agent_id, records, accepted, f"{kind} {item.segment_id} of {agent_id}")
+        self._forward(msg, records, accepted, f"{kind} {item.segment_id} of {agent_id}")
 
     def _refuse(self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused) -> None:
         log.warning("refused message on %s: %s (%s)", msg.topic, refused.reason.value, refused.detail)
@@ -164,7 +164,7 @@ class Uplink:
             if rejection is not None and agent_id is not None:
                 self.receipts.reject(agent_id, rejection)
 
-        self._forward(msg, agent_id, [(Kafka.DEADLETTER, encode(record))], rejected, f"dead letter from {msg.topic}")
+        self._forward(msg, [(Kafka.DEADLETTER, agent_id, encode(record))], rejected, f"dead letter from {msg.topic}")
 
     def _note_seen(self, segment_id: str, agent_id: str) -> None:
         if segment_id in self._seen:
@@ -179,65 +179,46 @@ class Uplink:
     def _forward(
         self,
         msg: mqtt.MQTTMessage,
-        key: str | None,
-        records: list[tuple[Kafka, bytes]],
+        records: list[tuple[Kafka, str | None, bytes]],
         on_success: Callable[[], None],
         describe: str,
     ) -> None:
-        """Produce ``records``; when Kafka confirmed all of them, ack ``msg`` and run ``on_success``."""
+        """Produce ``records`` (topic, key, value); once Kafka confirmed them all, ack ``msg`` and
+        run ``on_success``."""
         while not self._slots.acquire(timeout=0.2):
             if self._closing.is_set():
                 return
+        pending = _Pending(msg.mid, msg.qos, on_success)
         with self._lock:
-            self._in_flight += 1
+            self._unacked.append(pending)
         self.metrics.in_flight.inc()
-        pending = _Pending(msg.mid, msg.qos, len(records), on_success, describe)
-        for topic, value in records:
-            self._produce(topic, key, value, pending)
-
-    def _produce(self, topic: Kafka, key: str | None, value: bytes, pending: _Pending) -> None:
-        started = time.monotonic()
-
-        def delivered(err: KafkaError | None, record: Message) -> None:
-            self._delivered(pending, topic, started, err)
-
-        while True:
-            try:
-                self.producer.produce(topic.value, value=value, key=key, on_delivery=delivered)
-                return
-            except BufferError:
-                self.producer.poll(0.05)  # librdkafka's queue is full: serve callbacks, retry
-            except KafkaException as exc:
-                self._delivered(pending, topic, started, exc.args[0])
-                return
+        if not self.delivery.send(records, lambda: self._confirmed(pending), describe, self._closing):
+            with self._lock:  # closing: never sent, never acked; the broker redelivers it later
+                self._unacked.remove(pending)
+            self.metrics.in_flight.dec()
+            self._slots.release()
 
     # --- bridge loop thread (delivery callbacks) -----------------------------------------
 
-    def _delivered(self, pending: _Pending, topic: Kafka, started: float, err: KafkaError | None) -> None:
-        if err is None:
-            self.metrics.produced.labels(topic.value).inc()
-            self.metrics.delivery_seconds.observe(time.monotonic() - started)
-        else:
-            self.metrics.delivery_failures.inc()
-            log.error(
-                "kafka did not take %s to %s: %s; not acknowledged, it will be resent",
-                pending.describe,
-                topic.value,
-                err,
-            )
+    def _confirmed(self, pending: _Pending) -> None:
+        """Kafka has every record of ``pending``; :meth:`ack_confirmed` acks it."""
+        pending.confirmed = True  # a plain store: read under the lock by ack_confirmed
+
+    def ack_confirmed(self) -> int:
+        """Ack the confirmed messages at the head of the arrival order (all at once: paho's network
+        thread wakes once for the burst, not once per ack); the number acked."""
         with self._lock:
-            pending.failed = pending.failed or err is not None
-            pending.remaining -= 1
-            if pending.remaining:
-                return
-            self._in_flight -= 1
-        self.metrics.in_flight.dec()
-        self._slots.release()
-        if pending.failed:
-            return
-        self.connection.client.ack(pending.mid, pending.qos)
-        self.metrics.acknowledged.inc()
-        pending.on_success()
+            acked = 0
+            while self._unacked and self._unacked[0].confirmed:
+                done = self._unacked.popleft()
+                self.connection.client.ack(done.mid, done.qos)
+                self._slots.release()
+                done.on_success()
+                acked += 1
+        if acked:
+            self.metrics.acknowledged.inc(acked)
+            self.metrics.in_flight.dec(acked)
+        return acked
 
 
 def _can_receipt(agent_id: str) -> bool:

@@ -6,6 +6,7 @@ import json
 import re
 import time
 
+from bridge.quickdecode import quick_segment
 from contracts import DeadLetter, DecodeError, Frame, Reason, Rejection, Segment, decode, parse_mqtt_topic
 from contracts.topics import Up
 
@@ -35,9 +36,14 @@ def topic_route(topic: str) -> tuple[str, Up]:
 
 
 def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: list[int], max_audio_s: float) -> Segment:
-    """Decode and check one uploaded segment sent on ``agent_id``'s topic, or raise :class:`Refused`."""
+    """Decode and check one uploaded segment sent on ``agent_id``'s topic, or raise :class:`Refused`.
+
+    The segment's audio is checked but not decoded (see :mod:`bridge.quickdecode`): use the result
+    for ids, times, draft and audio metadata only; the bytes forwarded are ``raw``.
+    """
     try:
-        segment = decode(raw, Segment, max_bytes=max_bytes)
+        quick = quick_segment(raw) if len(raw) <= max_bytes else None
+        segment = quick or decode(raw, Segment, max_bytes=max_bytes)
     except DecodeError as exc:
         reason = exc.reason
         if reason is Reason.INVALID and exc.detail.startswith("audio"):

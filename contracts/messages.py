@@ -61,7 +61,9 @@ Base64Bytes = Annotated[
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # no NaN/Infinity (JSON has neither; 1e400 parses as inf): encode() would write null and the
+    # message could not be read back
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True, allow_inf_nan=False)
 
 
 # --- transcripts -------------------------------------------------------------------------
@@ -304,7 +306,8 @@ def decode(raw: bytes, expect: type[T] | None = None, *, max_bytes: int = DEFAUL
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         kinds = {e["type"] for e in errors}
-        if "json_invalid" in kinds or "json_type" in kinds:
+        not_object = any(e["type"] == "dict_type" and not e["loc"] for e in errors)  # "x", 5, [], null
+        if "json_invalid" in kinds or "json_type" in kinds or not_object:
             raise DecodeError(Reason.BAD_JSON, "not a JSON object") from exc
         if kinds & {"union_tag_invalid", "union_tag_not_found", "model_attributes_type"}:
             raise DecodeError(Reason.UNKNOWN_SCHEMA, "missing or unknown 'schema'") from exc

@@ -32,6 +32,7 @@ from contracts import DecodeError, Down, Final, Receipt, Status, Up, decode, enc
 from contracts.settings import MqttSettings
 from edge_agent.health import Health
 from edge_agent.outbox import Entry, Outbox
+from edgecap.mqttauth import apply_credentials
 
 log = logging.getLogger(__name__)
 
@@ -80,24 +81,6 @@ def check_identity(agent_id: str, settings: MqttSettings) -> None:
             raise IdentityError(
                 f"client certificate {settings.cert_file} is issued to CN={cn!r}, not to this agent {agent_id!r}"
             )
-
-
-def apply_credentials(client: mqtt.Client, settings: MqttSettings) -> None:
-    """User name/password and TLS from ``settings`` on a paho client."""
-    password = settings.secret()
-    if settings.username is not None or password is not None:
-        client.username_pw_set(settings.username, password)
-    if settings.tls:
-        client.tls_set(
-            ca_certs=str(settings.ca_file) if settings.ca_file else None,
-            certfile=str(settings.cert_file) if settings.cert_file else None,
-            keyfile=str(settings.key_file) if settings.key_file else None,
-            cert_reqs=ssl.CERT_REQUIRED,
-            tls_version=ssl.PROTOCOL_TLS_CLIENT,
-        )
-        if settings.tls_insecure:
-            log.warning("mqtt.tls_insecure: the broker's host name is not checked")
-            client.tls_insecure_set(True)
 
 
 class MqttLink:

@@ -13,8 +13,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Self
@@ -61,10 +63,16 @@ class _Process:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str] | None:
+        """Extra environment variables of the child (None: inherit ours unchanged)."""
+        return None
+
     def start(self, timeout_s: float = 10.0) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
         logf = open(self.workdir / f"{self.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir)
+        extra = self.environment()
+        env = None if extra is None else os.environ | extra
+        self.proc = subprocess.Popen(self.command(), stdout=logf, stderr=subprocess.STDOUT, cwd=self.workdir, env=env)
         logf.close()
         try:
             wait_for_port(self.port, timeout_s, self.proc)
@@ -112,7 +120,8 @@ class Mosquitto(_Process):
     """mosquitto with persistence on, anonymous access on loopback unless ``config`` says otherwise.
 
     ``config`` replaces the default listener/auth lines (the TLS/ACL configuration of the bridge
-    issue passes its own); persistence and limits are always written.
+    issue passes its own); persistence and limits are written unless ``config`` sets them itself
+    (a whole configuration such as ``deploy/mosquitto/mosquitto.conf``: its own values are used).
     """
 
     name = "mosquitto"
@@ -124,13 +133,15 @@ class Mosquitto(_Process):
     def command(self) -> list[str]:
         conf = self.workdir / "mosquitto.conf"
         listener = self.extra_config or f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-        conf.write_text(
-            listener
-            + f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
+        defaults = (
+            f"persistence true\npersistence_location {self.workdir}/\nautosave_interval 1\n"
             + "max_inflight_messages 100\nmax_queued_messages 100000\n"
             + "log_dest stdout\nlog_type error\nlog_type warning\nlog_type notice\n"
             + ("user root\n" if os.geteuid() == 0 else "")
         )
+        given = {line.split()[0] for line in listener.splitlines() if line.strip() and not line.startswith("#")}
+        kept = [line for line in defaults.splitlines() if line.split()[0] not in given]
+        conf.write_text(listener + "".join(f"{line}\n" for line in kept))
         return [mosquitto_binary(), "-c", str(conf)]
 
 
@@ -146,11 +157,54 @@ def tansu_binary() -> str:
     return str(path)
 
 
+class Moto(_Process):
+    """``moto_server`` (PyPI ``moto[server]``): a local S3 endpoint with one bucket, so that
+    ``Tansu(s3=moto)`` keeps its data across a broker restart (it lives as long as this process)."""
+
+    name = "moto"
+    bucket = "edgecap"
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        path = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or shutil.which("moto_server")
+        if not path:
+            raise BrokerError("moto_server not found: pip install 'edgecap[demo]' (moto[server])")
+        return [path, "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def start(self, timeout_s: float = 20.0) -> Self:
+        super().start(timeout_s)
+        request = urllib.request.Request(f"{self.endpoint}/{self.bucket}", method="PUT")
+        with urllib.request.urlopen(request, timeout=timeout_s):  # create the bucket (idempotent)
+            pass
+        return self
+
+    def s3_env(self) -> dict[str, str]:
+        """What an S3 client (Tansu's object store) needs to use this endpoint."""
+        return {
+            "AWS_ACCESS_KEY_ID": "edgecap",
+            "AWS_SECRET_ACCESS_KEY": "edgecap",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+
 class Tansu(_Process):
-    """Tansu, a Kafka-protocol broker, with in-memory storage (lost when it stops)."""
+    """Tansu, a Kafka-protocol broker: in-memory storage (lost when it stops), or with ``s3`` an
+    S3 bucket on a :class:`Moto` endpoint (kept across :meth:`kill` and :meth:`start`)."""
 
     name = "tansu"
     stop_timeout_s = 1.0  # in-memory storage: nothing to flush, and it lingers ~5 s on SIGTERM
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None, s3: Moto | None = None) -> None:
+        super().__init__(port, workdir)
+        self.s3 = s3
+
+    def environment(self) -> dict[str, str] | None:
+        return None if self.s3 is None else self.s3.s3_env()
 
     @property
     def bootstrap(self) -> str:
@@ -166,5 +220,5 @@ class Tansu(_Process):
             "--advertised-listener-url",
             url,
             "--storage-engine",
-            "memory://tansu/",
+            "memory://tansu/" if self.s3 is None else f"s3://{self.s3.bucket}/",
         ]

@@ -16,6 +16,7 @@ SUBCOMMANDS = {
     "dashboard": ("cloud.dashboard.__main__", "serve the web dashboard"),
     "models": ("edgecap.models.__main__", "prepare models offline: edgecap models prepare"),
     "demo": ("edgecap.demo", "run the whole pipeline locally on a sample recording"),
+    "devices": ("bridge.devices_cli", "add, remove, list devices at the MQTT broker; its CA and config"),
 }
 
 
