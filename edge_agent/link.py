@@ -113,6 +113,7 @@ class MqttLink:
         self._stop = threading.Event()
         self._probing = True  # after every connect, until a receipt arrives
         self._probe_at = 0.0
+        self._probe_id: str | None = None  # the entry the current probe sent
         self._last_receipt = 0.0
         self._thread: threading.Thread | None = None
         self._client = self._make_client()
@@ -175,7 +176,7 @@ class MqttLink:
         )
         client.publish(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=True), qos=1, retain=True)
         self.outbox.mark_all_unsent()  # resend everything unreceipted, in seq order
-        self._probing, self._probe_at = True, 0.0  # the oldest first, alone, until its receipt comes
+        self._probing, self._probe_at, self._probe_id = True, 0.0, None  # the oldest alone, until its receipt
         self.connected.set()
         self._wake.set()
 
@@ -209,7 +210,12 @@ class MqttLink:
         for rejection in receipt.rejected:
             log.error("bridge rejected segment %s: %s %s", rejection.segment_id, rejection.reason, rejection.detail)
         self.counters["receipts"] += 1
-        self._probing, self._last_receipt = False, time.monotonic()
+        named = {*receipt.accepted, *(r.segment_id for r in receipt.rejected)}
+        # only the probe's own receipt opens the way: one queued in our session before a broker
+        # restart proves nothing, and a burst sent on it overtakes a probe the broker lost
+        if self._probe_id is None or self._probe_id in named:
+            self._probing = False
+        self._last_receipt = time.monotonic()
         self.counters["receipted"] += len(receipt.accepted)
         self.counters["rejected"] += len(receipt.rejected)
         removed = self.outbox.remove([*receipt.accepted, *(r.segment_id for r in receipt.rejected)])
@@ -243,7 +249,7 @@ class MqttLink:
             self._publish(entries)
 
     def _start_probing(self) -> None:
-        self._probing, self._probe_at = True, 0.0
+        self._probing, self._probe_at, self._probe_id = True, 0.0, None
         self._wake.set()
 
     def _probe(self) -> None:
@@ -256,6 +262,7 @@ class MqttLink:
             self._probing = False  # nothing waits: the next append goes out normally
             return
         if self._publish(entries):
+            self._probe_id = entries[0].segment_id
             self._probe_at = time.monotonic() + self.backoff(entries[0].attempts + 1)
 
     def _publish(self, entries: list[Entry]) -> bool:
