@@ -3,13 +3,19 @@
     edgecap devices init-ca [--server-name IP:10.0.0.5 --server-name DNS:mqtt.example.org]
     edgecap devices add pi-7 --generate [--cert]          # or --password-file FILE
     edgecap devices add edgecap-bridge --bridge --generate
-    edgecap devices remove pi-7
+    edgecap devices remove pi-7                           # password removed, certificates revoked
+    edgecap devices revoke pi-7                           # certificates revoked, password kept
     edgecap devices list
     edgecap devices config [--client-certificates] --output /etc/mosquitto/mosquitto.conf
 
 A device needs no ACL line: the shipped ACL (deploy/mosquitto/acl) grants by ``%u`` pattern. What a
 device must be given (its password file, certificate and key, the CA certificate) is written to
 ``--out-dir``. mosquitto re-reads the password file on SIGHUP; the command prints that hint.
+
+Every certificate the CA issues is recorded in its ``openssl ca`` database; ``remove`` and ``revoke``
+revoke all of a device's certificates and rewrite ``<ca-dir>/crl.pem``, the broker's ``crlfile``.
+mosquitto re-reads it on SIGHUP and checks it at each new TLS handshake: a revoked device that is
+connected at that moment stays connected until it reconnects, which a restart forces.
 """
 
 from __future__ import annotations
@@ -22,13 +28,16 @@ from bridge.devices import (
     ACL_FILE,
     BRIDGE_ACCOUNT,
     CONFIG_TEMPLATE,
+    CRL_NAME,
     DeviceError,
+    certificates,
     check_agent_id,
     init_ca,
     issue_certificate,
     new_password,
     remove_password,
     render_config,
+    revoke_certificates,
     set_password,
     users,
     write_secret,
@@ -37,6 +46,11 @@ from edgecap.logs import configure
 
 BROKER_DIR = Path("/etc/mosquitto/edgecap")
 RELOAD_HINT = "reload mosquitto to apply it: systemctl reload mosquitto (or kill -HUP <mosquitto pid>)\n"
+REVOKE_HINT = (
+    "reload mosquitto so that new connections are checked against the new CRL: systemctl reload mosquitto "
+    "(or kill -HUP <mosquitto pid>). A device connected now stays connected until it reconnects: "
+    "systemctl restart mosquitto shuts it out at once (sessions are kept)\n"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -56,13 +70,21 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--bridge", action="store_true", help=f"the bridge's own account {BRIDGE_ACCOUNT!r}")
     add.add_argument("--out-dir", type=Path, default=Path("."), help="where the device's files are written")
 
-    remove = sub.add_parser("remove", help="remove a device's password and issued certificate")
+    remove = sub.add_parser("remove", help="remove a device: delete its password, revoke its certificates")
     remove.add_argument("agent_id")
     remove.add_argument("--bridge", action="store_true", help=f"the bridge's own account {BRIDGE_ACCOUNT!r}")
 
-    sub.add_parser("list", help="list the accounts and issued certificates")
+    revoke = sub.add_parser(
+        "revoke", help="revoke a device's certificates (its password stays), e.g. before issuing a new one"
+    )
+    revoke.add_argument("agent_id")
 
-    ca = sub.add_parser("init-ca", help="make the CA and the broker's server certificate")
+    sub.add_parser("list", help="list the accounts, issued and revoked certificates")
+
+    ca = sub.add_parser(
+        "init-ca", help="make the CA, its (empty) CRL and the broker's server certificate; "
+        "on an existing CA, add what is missing"
+    )
     ca.add_argument("--name", default="edgecap-devices", help="the CA's common name")
     ca.add_argument("--server-name", action="append", default=[], help="IP:… or DNS:… of the broker (repeat)")
 
@@ -109,7 +131,8 @@ def _add(args: argparse.Namespace) -> int:
         issued = args.ca_dir / "issued"
         issued.mkdir(exist_ok=True)
         (issued / crt.name).write_bytes(crt.read_bytes())
-        out.write(f"certificate of {agent_id}: {crt}, key {key}, CA {args.ca_dir / 'ca.crt'}\n")
+        out.write(f"certificate of {agent_id}: {crt}, key {key}, CA {args.ca_dir / 'ca.crt'} "
+                  f"(recorded in {args.ca_dir / 'index.txt'}; `edgecap devices revoke {agent_id}` revokes it)\n")
     if not args.bridge:
         out.write("no ACL line is needed: the ACL's %u patterns give each device its own topics only\n")
     if args.password_file or args.generate:
@@ -117,29 +140,46 @@ def _add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _revoke_all(ca_dir: Path, agent_id: str) -> list[str]:
+    """Revoke the device's certificates (the database's, and the issued copy, which a CA of an earlier
+    version may hold without a database), forget the issued copy, say what was done."""
+    issued = ca_dir / "issued" / f"{agent_id}.crt"
+    revoked = revoke_certificates(ca_dir, agent_id, [issued])
+    issued.unlink(missing_ok=True)
+    if revoked:
+        sys.stdout.write(f"{len(revoked)} certificate(s) of {agent_id} revoked (serial {', '.join(revoked)}); "
+                         f"CRL written to {ca_dir.resolve() / CRL_NAME}\n")
+    return revoked
+
+
 def _remove(args: argparse.Namespace) -> int:
     agent_id = check_agent_id(args.agent_id, bridge=args.bridge)
     removed = remove_password(args.passwd, agent_id)
-    cert = args.ca_dir / "issued" / f"{agent_id}.crt"
-    if cert.exists():
-        cert.unlink()
-        sys.stdout.write(
-            f"the issued certificate of {agent_id} is forgotten, but stays valid until it expires: "
-            "revoke it in a CRL (mosquitto crlfile) to shut the device out now\n"
-        )
-    elif not removed:
-        raise DeviceError(f"{agent_id} is not in {args.passwd} and has no issued certificate")
     if removed:
-        sys.stdout.write(f"{agent_id} removed from {args.passwd}\n" + RELOAD_HINT)
+        sys.stdout.write(f"{agent_id} removed from {args.passwd}\n")
+    revoked = _revoke_all(args.ca_dir, agent_id)
+    if not (removed or revoked):
+        raise DeviceError(f"{agent_id} is not in {args.passwd} and has no certificate left to revoke")
+    sys.stdout.write(REVOKE_HINT if revoked else RELOAD_HINT)
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    agent_id = check_agent_id(args.agent_id)
+    if not _revoke_all(args.ca_dir, agent_id):
+        raise DeviceError(f"{agent_id} has no certificate left to revoke in {args.ca_dir}")
+    sys.stdout.write(REVOKE_HINT)
     return 0
 
 
 def _list(args: argparse.Namespace) -> int:
     issued = args.ca_dir / "issued"
     certified = {p.stem for p in issued.glob("*.crt")} if issued.is_dir() else set()
+    revoked = {c.common_name for c in certificates(args.ca_dir) if c.revoked}
     with_password = set(users(args.passwd))
-    for name in sorted(with_password | certified):
-        how = [k for k, on in (("password", name in with_password), ("certificate", name in certified)) if on]
+    for name in sorted(with_password | certified | revoked):
+        kinds = (("password", with_password), ("certificate", certified), ("revoked-certificate", revoked))
+        how = [kind for kind, names in kinds if name in names]
         role = "bridge" if name == BRIDGE_ACCOUNT else "device"
         sys.stdout.write(f"{name}\t{role}\t{'+'.join(how)}\n")
     return 0
@@ -148,6 +188,7 @@ def _list(args: argparse.Namespace) -> int:
 def _init_ca(args: argparse.Namespace) -> int:
     cert = init_ca(args.ca_dir, args.name)
     sys.stdout.write(f"CA certificate: {cert} (give it to every device and the bridge as mqtt.ca_file)\n")
+    sys.stdout.write(f"CRL: {cert.parent / CRL_NAME} (the broker's crlfile with client certificates)\n")
     if args.server_name:
         crt, key = issue_certificate(args.ca_dir, "server", args.ca_dir, server_names=args.server_name)
         sys.stdout.write(f"server certificate: {crt}, key {key}\n")
@@ -155,6 +196,10 @@ def _init_ca(args: argparse.Namespace) -> int:
 
 
 def _config(args: argparse.Namespace) -> int:
+    crl = args.ca_dir.resolve() / CRL_NAME
+    if args.client_certificates and not crl.exists():
+        sys.stderr.write(f"edgecap devices: warning: {crl} does not exist, and mosquitto does not start without "
+                         "it: make it with `edgecap devices init-ca` (on an existing CA it adds only the CRL)\n")
     text = render_config(
         {
             "PASSWORD_FILE": args.passwd.resolve(),
@@ -167,6 +212,8 @@ def _config(args: argparse.Namespace) -> int:
             "SERVER_CERT": args.ca_dir.resolve() / "server.crt",
             "SERVER_KEY": args.ca_dir.resolve() / "server.key",
             "CLIENT_CERTIFICATES": args.client_certificates,
+            "CRL_FILE": crl,
+            "CRL_COMMENT": "" if args.client_certificates else "#",
             "PERSISTENCE_DIR": args.persistence_dir,
         },
         CONFIG_TEMPLATE,
@@ -178,7 +225,9 @@ def _config(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"add": _add, "remove": _remove, "list": _list, "init-ca": _init_ca, "config": _config}
+_COMMANDS = {
+    "add": _add, "remove": _remove, "revoke": _revoke, "list": _list, "init-ca": _init_ca, "config": _config
+}
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@
 Attackers: anonymous clients, wrong passwords and unknown users (each attempt sends its CONNECT and
 a PUBLISH in one write, without waiting, on a raw TLS socket), device A publishing under device B's
 topic, A claiming to be B in the envelope on its own topic, A reading B's downlink or taking over
-B's client id, client certificates of another CA. None of their segments may reach Kafka, while
-B's segments go through and are receipted and B gets its captions.
+B's client id, client certificates of another CA, a certificate revoked by ``edgecap devices remove``.
+None of their segments may reach Kafka, while B's segments go through and are receipted and B gets
+its captions.
 
 ``EDGECAP_TEST_SECURITY_ATTEMPTS`` (default 1000) sets how many attempts each attack makes.
 """
@@ -15,13 +16,16 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -30,7 +34,16 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from paho.mqtt.properties import Properties
 
 from bridge.app import Bridge
-from bridge.devices import ACL_FILE, BRIDGE_ACCOUNT, init_ca, issue_certificate, render_config, users
+from bridge.devices import (
+    ACL_FILE,
+    BRIDGE_ACCOUNT,
+    CRL_NAME,
+    certificates,
+    init_ca,
+    issue_certificate,
+    render_config,
+    users,
+)
 from bridge.devices_cli import main as devices_main
 from bridge.settings import BridgeSettings
 from contracts import (
@@ -81,6 +94,20 @@ def devices(argv: list[str]) -> int:
         root.setLevel(level)
 
 
+def serial_of(cert: Path) -> int:
+    out = subprocess.run(["openssl", "x509", "-in", str(cert), "-noout", "-serial"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.strip().partition("=")[2], 16)
+
+
+def crl_serials(crl: Path) -> set[int]:
+    """The serial numbers a CRL revokes, as ``openssl crl`` reads them (its signature checked too)."""
+    ca = crl.parent / "ca.crt"
+    out = subprocess.run(["openssl", "crl", "-in", str(crl), "-CAfile", str(ca), "-noout", "-text"],
+                         capture_output=True, text=True, check=True)
+    assert "verify OK" in out.stderr + out.stdout
+    return {int(line.split(":", 1)[1], 16) for line in out.stdout.splitlines() if "Serial Number:" in line}
+
 
 @dataclass
 class Fleet:
@@ -94,16 +121,19 @@ class Fleet:
     def ca(self) -> Path:
         return self.ca_dir / "ca.crt"
 
+    @property
+    def cli(self) -> list[str]:
+        return ["--passwd", str(self.passwd), "--ca-dir", str(self.ca_dir)]
+
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     root = tmp_path_factory.mktemp("fleet")
     f = Fleet(root, root / "passwd", root / "ca", root / "devices", root / "foreign")
-    cli = ["--passwd", str(f.passwd), "--ca-dir", str(f.ca_dir)]
-    assert devices([*cli, "init-ca", "--server-name", "IP:127.0.0.1", "--server-name", "DNS:localhost"]) == 0
+    assert devices([*f.cli, "init-ca", "--server-name", "IP:127.0.0.1", "--server-name", "DNS:localhost"]) == 0
     for agent in (A, B):
-        assert devices([*cli, "add", agent, "--generate", "--cert", "--out-dir", str(f.out)]) == 0
-    assert devices([*cli, "add", BRIDGE_ACCOUNT, "--bridge", "--generate", "--out-dir", str(f.out)]) == 0
+        assert devices([*f.cli, "add", agent, "--generate", "--cert", "--out-dir", str(f.out)]) == 0
+    assert devices([*f.cli, "add", BRIDGE_ACCOUNT, "--bridge", "--generate", "--out-dir", str(f.out)]) == 0
     init_ca(f.foreign, "intruder-ca")
     issue_certificate(f.foreign, A, f.foreign)  # A's name, but not from the fleet's CA
     return f
@@ -124,6 +154,8 @@ def start_broker(fleet: Fleet, workdir: Path, *, client_certificates: bool) -> t
             "SERVER_CERT": fleet.ca_dir / "server.crt",
             "SERVER_KEY": fleet.ca_dir / "server.key",
             "CLIENT_CERTIFICATES": client_certificates,
+            "CRL_FILE": fleet.ca_dir / CRL_NAME,
+            "CRL_COMMENT": "" if client_certificates else "#",
             "PERSISTENCE_DIR": f"{workdir}/",
         }
     )
@@ -131,6 +163,7 @@ def start_broker(fleet: Fleet, workdir: Path, *, client_certificates: bool) -> t
     written = (workdir / "mosquitto.conf").read_text().splitlines()
     for key in ("persistence_location", "max_inflight_messages", "max_queued_messages"):  # the shipped values,
         assert sum(line.startswith(f"{key} ") for line in written) == 1, key  # not the runner's defaults
+    assert (f"crlfile {fleet.ca_dir / CRL_NAME}" in written) == client_certificates
     return broker, bridge_port
 
 
@@ -170,7 +203,8 @@ def connect_and_publish(
 
 
 def raw_attempt(port: int, context: ssl.SSLContext, packets: bytes) -> str:
-    """What the broker answers: 'connack 0x..', 'closed', or the TLS/socket error."""
+    """What the broker answers: 'connack 0x..', 'closed', or the TLS/socket error (with the TLS
+    alert's reason where there is one, e.g. 'error SSLError SSLV3_ALERT_CERTIFICATE_REVOKED')."""
     try:
         with (
             socket.create_connection(("127.0.0.1", port), timeout=5) as plain,
@@ -185,7 +219,8 @@ def raw_attempt(port: int, context: ssl.SSLContext, packets: bytes) -> str:
             body = tls.recv(head[1])
             return f"connack {body[1]:#x}"
     except OSError as exc:  # ssl.SSLError included
-        return f"error {type(exc).__name__}"
+        reason = getattr(exc, "reason", None)
+        return f"error {type(exc).__name__}" + (f" {reason}" if reason else "")
 
 
 def attacker_segment(agent_id: str, ledger: set[str]) -> bytes:
@@ -285,29 +320,74 @@ def segment_ids_in_kafka(bootstrap: str, topic: str, must_see: set[str], idle_s:
 
 
 def test_devices_command_adds_lists_and_removes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cli = ["--passwd", str(tmp_path / "passwd"), "--ca-dir", str(tmp_path / "ca")]
+    ca_dir, out = tmp_path / "ca", tmp_path / "out"
+    cli = ["--passwd", str(tmp_path / "passwd"), "--ca-dir", str(ca_dir)]
     secret = tmp_path / "given"
     secret.write_text("a-given-password\n")
     assert devices([*cli, "add", "pi-1", "--password-file", str(secret)]) == 0
     assert devices([*cli, "init-ca"]) == 0
-    assert devices([*cli, "add", "pi-2", "--generate", "--cert", "--out-dir", str(tmp_path / "out")]) == 0
+    assert crl_serials(ca_dir / CRL_NAME) == set()  # init-ca writes an empty CRL
+    assert devices([*cli, "add", "pi-2", "--generate", "--cert", "--out-dir", str(out)]) == 0
     assert users(tmp_path / "passwd") == ["pi-1", "pi-2"]
-    assert certificate_cn(str(tmp_path / "out" / "pi-2.crt")) == "pi-2"
-    assert (tmp_path / "out" / "pi-2.password").stat().st_mode & 0o077 == 0
+    assert certificate_cn(str(out / "pi-2.crt")) == "pi-2"
+    assert (out / "pi-2.password").stat().st_mode & 0o077 == 0
+    # the certificate is recorded: serial, CN, expiry; a new one for the same device is recorded too
+    first = serial_of(out / "pi-2.crt")
+    assert devices([*cli, "add", "pi-2", "--cert", "--days", "30", "--out-dir", str(out)]) == 0
+    second = serial_of(out / "pi-2.crt")
+    recorded = certificates(ca_dir)
+    assert [(int(c.serial, 16), c.common_name, c.revoked) for c in recorded] == [
+        (first, "pi-2", False), (second, "pi-2", False)]
+    assert 29 <= (recorded[1].expires - datetime.now(UTC)).days <= 30
     capsys.readouterr()
     assert devices([*cli, "list"]) == 0
     assert capsys.readouterr().out.splitlines() == ["pi-1\tdevice\tpassword", "pi-2\tdevice\tpassword+certificate"]
     assert devices([*cli, "remove", "pi-1"]) == 0
     assert "kill -HUP" in capsys.readouterr().out
     assert users(tmp_path / "passwd") == ["pi-2"]
+    # revoke: both certificates of pi-2 in the CRL, its password kept; remove: the password goes
+    assert devices([*cli, "revoke", "pi-2"]) == 0
+    said = capsys.readouterr().out
+    assert "2 certificate(s) of pi-2 revoked" in said and "kill -HUP" in said and "restart" in said
+    assert crl_serials(ca_dir / CRL_NAME) == {first, second}
+    assert all(c.revoked for c in certificates(ca_dir))
+    assert devices([*cli, "list"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["pi-2\tdevice\tpassword+revoked-certificate"]
+    assert devices([*cli, "revoke", "pi-2"]) == 1  # nothing left to revoke
+    assert devices([*cli, "remove", "pi-2"]) == 0
+    assert users(tmp_path / "passwd") == []
+    assert devices([*cli, "list"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "pi-2\tdevice\trevoked-certificate"
+    # the broker's configuration points at the CRL only when devices log in by certificate
+    for flag, line in (([], f"#crlfile {ca_dir.resolve() / CRL_NAME}"), (["--client-certificates"],
+                                                                          f"crlfile {ca_dir.resolve() / CRL_NAME}")):
+        assert devices([*cli, "config", *flag]) == 0
+        assert line in capsys.readouterr().out.splitlines()
+    # a CA of an earlier version: ca.crt, ca.key, issued/ copies and ca.srl, where openssl x509 kept the
+    # last serial it used; its database is made on first use, its certificates are still revoked
+    assert devices([*cli, "add", "pi-4", "--cert", "--out-dir", str(out)]) == 0
+    legacy = serial_of(out / "pi-4.crt")
+    for name in ("index.txt", "crlnumber", "serial", "ca.cnf", CRL_NAME):
+        for path in ca_dir.glob(f"{name}*"):
+            path.unlink()
+    shutil.rmtree(ca_dir / "certs")
+    digits = f"{legacy:X}"
+    (ca_dir / "ca.srl").write_text(digits.zfill(len(digits) + len(digits) % 2) + "\n")  # as openssl writes it
+    assert devices([*cli, "add", "pi-5", "--cert", "--out-dir", str(out)]) == 0
+    assert serial_of(out / "pi-5.crt") != legacy
+    assert devices([*cli, "remove", "pi-4"]) == 0
+    assert crl_serials(ca_dir / CRL_NAME) == {legacy}
+    assert [(c.common_name, c.revoked) for c in certificates(ca_dir)] == [("pi-5", False), ("pi-4", True)]
     # bad ids, the reserved bridge account, nothing to add, unknown device: refused with a reason
     assert devices([*cli, "add", "pi/../x", "--generate"]) == 1
     assert devices([*cli, "add", "+", "--generate"]) == 1
     assert devices([*cli, "add", BRIDGE_ACCOUNT, "--generate"]) == 1
     assert devices([*cli, "add", "pi-3"]) == 1
     assert devices([*cli, "remove", "pi-9"]) == 1
+    assert devices([*cli, "revoke", BRIDGE_ACCOUNT]) == 1
     err = capsys.readouterr().err
     assert "invalid agent id" in err and "bridge's account" in err and "nothing to add" in err
+    assert "no certificate left to revoke" in err
 
 
 @pytest.fixture(scope="module")
@@ -465,4 +545,59 @@ def test_client_certificates_only_from_the_fleet_ca(fleet: Fleet, tmp_path: Path
             a.client.disconnect()
             a.client.loop_stop()
     finally:
+        broker.close()
+
+
+def test_revoked_certificate_refused_after_reload(fleet: Fleet, tmp_path: Path) -> None:
+    """``edgecap devices remove`` revokes the device's certificate; after a SIGHUP mosquitto refuses it
+    at the TLS handshake while another device's certificate still works. A connection made before the
+    revocation survives the SIGHUP (mosquitto checks the CRL at handshakes only) and ends with a restart."""
+    revoked = "sec-device-revoked"
+    assert devices([*fleet.cli, "add", revoked, "--cert", "--out-dir", str(fleet.out)]) == 0
+    broker, _ = start_broker(fleet, tmp_path / "broker", client_certificates=True)
+    attempts = max(1, ATTEMPTS // 10)
+
+    def context(agent: str) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=fleet.ca)
+        context.load_cert_chain(fleet.out / f"{agent}.crt", fleet.out / f"{agent}.key")
+        return context
+
+    def answers(agent: str, n: int = attempts) -> set[str]:
+        return {raw_attempt(broker.port, context(agent), connect_and_publish(
+            agent, None, None, mqtt_topic(agent, Up.SEGMENTS), b"{}")) for _ in range(n)}
+
+    def refused_as_revoked(got: set[str]) -> None:
+        # the server's alert names the revocation; a client may instead see the connection end first
+        assert got <= {"error SSLError SSLV3_ALERT_CERTIFICATE_REVOKED", "closed", "error SSLEOFError",
+                       "error SSLEOFError UNEXPECTED_EOF_WHILE_READING", "error ConnectionResetError"}, got
+        assert any("REVOKED" in a for a in got) or attempts < 5, got
+        print(f"{attempts} attempts with the revoked certificate: {sorted(got)}")
+
+    held: Client | None = None
+    try:
+        assert answers(revoked, 3) == answers(B, 3) == {"connack 0x0"}
+        held = connect(device_settings(fleet, broker.port, revoked, cert=True), "held")
+
+        assert devices([*fleet.cli, "remove", revoked]) == 0
+        assert serial_of(fleet.out / f"{revoked}.crt") in crl_serials(fleet.ca_dir / CRL_NAME)
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGHUP)
+        # the reload is done when a bare TLS handshake is refused (no CONNECT: a connection that got
+        # through before the reload would take over the held one's session)
+        wait_until(lambda: "REVOKED" in raw_attempt(broker.port, context(revoked), b""), 30, "the reload")
+        refused_as_revoked(answers(revoked))
+        assert answers(B, 3) == {"connack 0x0"}
+        # already connected before: still connected and authorised as itself
+        assert held.publish_all([(mqtt_topic(revoked, Up.SEGMENTS), b"{}")]) == [0x10]
+
+        broker.stop()
+        broker.start()
+        wait_until(lambda: held is not None and not held.client.is_connected(), 10, "the held connection to end")
+        refused_as_revoked(answers(revoked))
+        assert answers(B, 3) == {"connack 0x0"}
+        assert not held.client.is_connected()  # its reconnection attempts are refused too
+    finally:
+        if held is not None:
+            held.client.disconnect()
+            held.client.loop_stop()
         broker.close()
