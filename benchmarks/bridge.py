@@ -112,8 +112,9 @@ def anchor_main(mqtt_port: int, bootstrap: str, group: str) -> int:
     s = BridgeSettings.load(
         mqtt=MqttSettings(port=mqtt_port), kafka=KafkaSettings(bootstrap_servers=bootstrap), downlink=False
     )
-    config = producer_config(s)
-    config.pop("logger")
+    config = producer_config(s)  # the bridge's durability, batching and compression, minus its
+    for key in ("logger", "enable.gapless.guarantee", "max.in.flight.requests.per.connection"):  # ordering
+        config.pop(key)
     producer = Producer(config)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

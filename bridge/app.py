@@ -172,5 +172,10 @@ def producer_config(s: BridgeSettings) -> dict[str, Any]:
             "compression.type": s.compression,
             "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),
             "delivery.timeout.ms": s.delivery_timeout_ms,
+            # a batch that fails for good stops the producer (a fatal error: the bridge replaces it and
+            # produces every unconfirmed record again in order) instead of leaving a gap that later
+            # batches, already on the wire, would overtake
+            "enable.gapless.guarantee": True,
+            "max.in.flight.requests.per.connection": s.kafka_requests_in_flight,
         }
     )

@@ -17,9 +17,14 @@ before an earlier record of the same agent that is still unconfirmed.
 
 Stopping intake for a whole round (rather than per agent) is the simple choice that keeps the order
 of every agent; a round only happens while Kafka is unreachable or failing, when no agent's records
-could go through anyway. One hole remains: a later record already on the wire when an earlier one
-gives up can still land first (librdkafka only times out records in flight after the request timed
-out, so it needs a broker that stalls rather than one that is down).
+could go through anyway.
+
+A later record must not be on the wire when an earlier one fails either (purging cannot recall it).
+The producer therefore keeps one request in flight per connection and runs with librdkafka's gapless
+guarantee: a batch that fails for good is a fatal error that stops the producer before the next batch
+is sent, and the replacement produces every unconfirmed record again in order (see
+:func:`bridge.app.producer_config`). Records that time out (``delivery.timeout.ms``) are outside that
+guarantee: in an outage they time out oldest first and join one round.
 
 Threads: :meth:`send` runs in the intake thread (paho's), :meth:`serve` in the bridge loop thread,
 where the delivery callbacks run (and in the intake thread when librdkafka's queue is full).

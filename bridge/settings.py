@@ -47,6 +47,16 @@ class BridgeSettings(ServiceSettings):
     )
     linger_ms: int = Field(5, ge=0, description="Producer batching delay (librdkafka linger.ms).")
     compression: str = Field("lz4", description="Producer compression codec (none, gzip, snappy, lz4, zstd).")
+    kafka_requests_in_flight: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description=(
+            "Produce requests in flight per Kafka connection. 1 (default) keeps every agent's order even "
+            "against a broker that loses an earlier batch and takes a later one; Apache Kafka's idempotence "
+            "already guarantees that, so up to 5 is safe there and a little faster."
+        ),
+    )
     delivery_timeout_ms: int = Field(
         60_000, ge=1000, description="How long Kafka may take to confirm a record before it counts as failed."
     )

@@ -170,7 +170,7 @@ class Uplink:
         if segment_id in self._seen:
             self._seen.move_to_end(segment_id)
             self.metrics.duplicates.inc()
-            log.info("duplicate segment %s from %s (forwarded again)", segment_id, agent_id)
+            log.debug("duplicate segment %s from %s (forwarded again)", segment_id, agent_id)
             return
         self._seen[segment_id] = None
         if len(self._seen) > self.settings.dedup_window:
@@ -208,13 +208,16 @@ class Uplink:
         """Ack the confirmed messages at the head of the arrival order (all at once: paho's network
         thread wakes once for the burst, not once per ack); the number acked."""
         with self._lock:
+            mids: list[int] = []
             acked = 0
             while self._unacked and self._unacked[0].confirmed:
                 done = self._unacked.popleft()
-                self.connection.client.ack(done.mid, done.qos)
+                if done.qos == 1:  # a QoS 0 message needs none; the subscription grants no QoS 2
+                    mids.append(done.mid)
                 self._slots.release()
                 done.on_success()
                 acked += 1
+            self.connection.client.ack_many(mids)
         if acked:
             self.metrics.acknowledged.inc(acked)
             self.metrics.in_flight.dec(acked)

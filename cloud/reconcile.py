@@ -103,7 +103,7 @@ class Reconciler:
         if self.store.upsert_draft(draft):
             self.tally.add("draft")
         else:
-            log.info("duplicate draft %s from %s", draft.segment_id, draft.agent_id)
+            log.debug("duplicate draft %s from %s", draft.segment_id, draft.agent_id)
             self.tally.add("duplicate_draft")
 
     def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[str]) -> None:
@@ -115,7 +115,7 @@ class Reconciler:
             already_sent = transcript.segment_id in sent
             final = None if already_sent else self.store.unpublished_final(transcript.segment_id)
             if final is None:
-                log.info("duplicate transcript %s from %s", transcript.segment_id, transcript.agent_id)
+                log.debug("duplicate transcript %s from %s", transcript.segment_id, transcript.agent_id)
                 self.tally.add("duplicate_transcript")
                 return
             log.warning("final %s was stored but never published: sending it now", final.segment_id)

@@ -88,8 +88,19 @@ class _Process:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP the broker: its connections stay open and every request hangs (an outage that no
+        client sees as a refusal); :meth:`resume` lets it go on."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused broker cannot act on SIGTERM
             self.proc.terminate()
             try:
                 self.proc.wait(self.stop_timeout_s)
@@ -197,11 +208,12 @@ class Tansu(_Process):
     S3 bucket on a :class:`Moto` endpoint (kept across :meth:`kill` and :meth:`start`)."""
 
     name = "tansu"
-    stop_timeout_s = 1.0  # in-memory storage: nothing to flush, and it lingers ~5 s on SIGTERM
 
     def __init__(self, port: int | None = None, workdir: Path | None = None, s3: Moto | None = None) -> None:
         super().__init__(port, workdir)
         self.s3 = s3
+        # in memory there is nothing to flush (it lingers ~5 s on SIGTERM); on S3 let it finish its writes
+        self.stop_timeout_s = 1.0 if s3 is None else 15.0
 
     def environment(self) -> dict[str, str] | None:
         return None if self.s3 is None else self.s3.s3_env()
