@@ -176,7 +176,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _start_consumers(
-    kind: str, replicas: int, mq: Mosquitto, kafka: Tansu, workdir: Path, profile: Path | None
+    kind: str, replicas: int, mq: Mosquitto, kafka: Tansu, workdir: Path, profile: Path | None,
+    overrides: dict[str, str],
 ) -> list[subprocess.Popen[bytes]]:
     group = f"bench-{kind}"
     procs = []
@@ -197,7 +198,7 @@ def _start_consumers(
             "EDGECAP_BRIDGE_DOWNLINK": "false",
             "EDGECAP_BRIDGE_METRICS_PORT": str(port),
             "EDGECAP_BRIDGE_METRICS_HOST": "127.0.0.1",
-        }
+        } | {f"EDGECAP_BRIDGE_{k.upper()}": v for k, v in overrides.items()}
         log = open(workdir / f"bridge-{r}.log", "ab")  # noqa: SIM115
         cmd = [sys.executable, "-m", "bridge"]
         if profile is not None:  # py-spy (pip install py-spy) samples the bridge: collapsed stacks per run
@@ -238,7 +239,7 @@ def _observe(
 
 def run(
     kind: str, replicas: int, size: str, count: int, publishers: int, workdir: Path, *,
-    inflight: int = 500, profile: Path | None = None,
+    inflight: int = 500, profile: Path | None = None, overrides: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     audio_bytes = SIZES[size]
     ctx = mp.get_context("fork")
@@ -251,7 +252,7 @@ def run(
             warm.produce(topic.value, b"warm-up")
         warm.flush(10)
         del warm
-        procs = _start_consumers(kind, replicas, mq, kafka, workdir, profile)
+        procs = _start_consumers(kind, replicas, mq, kafka, workdir, profile, overrides or {})
         consumer = Consumer({
             "bootstrap.servers": kafka.bootstrap, "group.id": "bench-observer", "enable.auto.commit": False,
             "fetch.wait.max.ms": 10, "fetch.min.bytes": 1,
@@ -326,15 +327,20 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES), help="segment sizes to run")
     parser.add_argument("--rounds", type=int, default=3, help="repetitions; figures are medians over rounds")
     parser.add_argument("--profile", type=Path, help="run each bridge under py-spy, collapsed stacks into this folder")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="a bridge setting for every bridge run, e.g. --set max_in_flight=200 (EDGECAP_BRIDGE_<KEY>)",
+    )
     args = parser.parse_args()
     counts = {"1k": args.count_1k, "160k": args.count_160k}
+    overrides = dict(item.split("=", 1) for item in args.set)
     runs: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory(prefix="edgecap-bench-bridge-") as tmp:
         for round_ in range(args.rounds):  # anchor and bridge side by side in every round: ratios per round
             for size in args.sizes:
                 for kind, replicas in [("anchor", 1)] + [("bridge", r) for r in args.replicas]:
                     r = run(kind, replicas, size, counts[size], args.publishers, Path(tmp), inflight=args.inflight,
-                            profile=args.profile)
+                            profile=args.profile, overrides=overrides)
                     runs.setdefault((kind, replicas, size), []).append(r)
                     print(f"round {round_ + 1}: {json.dumps(r)}", flush=True)  # noqa: T201
 
@@ -366,6 +372,7 @@ def main() -> int:
             for r in args.replicas
         },
         "publishers": args.publishers,
+        "bridge_settings": overrides,
         "rounds": args.rounds,
         "counts": {size: counts[size] for size in args.sizes},
         "cpus": os.cpu_count(),

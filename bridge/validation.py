@@ -6,7 +6,6 @@ import json
 import re
 import time
 
-from bridge.quickdecode import quick_segment
 from contracts import DeadLetter, DecodeError, Frame, Reason, Rejection, Segment, decode, parse_mqtt_topic
 from contracts.topics import Up
 
@@ -21,6 +20,7 @@ class Refused(Exception):
 
 
 UPLINK_CHANNELS = (Up.SEGMENTS, Up.FRAMES)
+_UPLINK = {c.value: c for c in UPLINK_CHANNELS}
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -30,20 +30,20 @@ def topic_route(topic: str) -> tuple[str, Up]:
         agent_id, channel = parse_mqtt_topic(topic)
     except ValueError as exc:
         raise Refused(Reason.INVALID, str(exc)) from exc
-    if channel not in {c.value for c in UPLINK_CHANNELS}:
+    up = _UPLINK.get(channel)
+    if up is None:
         raise Refused(Reason.INVALID, f"unexpected channel {channel!r} on {topic!r}")
-    return agent_id, Up(channel)
+    return agent_id, up
 
 
 def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: list[int], max_audio_s: float) -> Segment:
     """Decode and check one uploaded segment sent on ``agent_id``'s topic, or raise :class:`Refused`.
 
-    The segment's audio is checked but not decoded (see :mod:`bridge.quickdecode`): use the result
-    for ids, times, draft and audio metadata only; the bytes forwarded are ``raw``.
+    The whole message is decoded, audio included (SIMD base64: ~40 µs for 160 KiB); the bytes
+    forwarded are ``raw``, never a re-encoding.
     """
     try:
-        quick = quick_segment(raw) if len(raw) <= max_bytes else None
-        segment = quick or decode(raw, Segment, max_bytes=max_bytes)
+        segment = decode(raw, Segment, max_bytes=max_bytes)
     except DecodeError as exc:
         reason = exc.reason
         if reason is Reason.INVALID and exc.detail.startswith("audio"):

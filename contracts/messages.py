@@ -8,7 +8,6 @@ carry exactly the bytes :func:`encode` produces, so a component in another langu
 
 from __future__ import annotations
 
-import base64
 import binascii
 from typing import Annotated, Any, Literal, TypeVar, overload
 
@@ -26,6 +25,11 @@ from pydantic import (
 )
 
 from contracts.errors import DecodeError, Reason
+
+try:  # SIMD base64: a 160 KiB segment's audio checks and decodes in ~10 µs instead of ~500 µs
+    from pybase64 import b64decode, b64encode
+except ImportError:  # a device without a wheel for it: the standard library, same results
+    from base64 import b64decode, b64encode
 
 AgentId = Annotated[
     str,
@@ -47,7 +51,7 @@ def _b64_decode(value: Any) -> bytes:
     if not isinstance(value, str):
         raise ValueError("expected a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        return b64decode(value, validate=True)
     except binascii.Error as exc:
         raise ValueError(f"invalid base64: {exc}") from exc
 
@@ -55,7 +59,7 @@ def _b64_decode(value: Any) -> bytes:
 Base64Bytes = Annotated[
     bytes,
     PlainValidator(_b64_decode),
-    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str),
+    PlainSerializer(lambda b: b64encode(b).decode("ascii"), return_type=str),
     WithJsonSchema({"type": "string", "contentEncoding": "base64"}),
 ]
 

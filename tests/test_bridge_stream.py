@@ -117,3 +117,40 @@ def test_unacknowledged_messages_are_redelivered(mosquitto: Mosquitto) -> None:
         again.client.ack_many([m.mid for m in redelivered])
     finally:
         again.close()
+
+
+def test_publish_decoding_matches_paho(mosquitto: Mosquitto) -> None:
+    """The one-copy decoder takes plain QoS 0/1 messages; messages with properties go paho's way;
+    both give what paho gives: topic, payload, QoS, retain, properties."""
+    topic = f"stream/{os.getpid()}/{time.monotonic_ns()}/ünï"
+    sub = _Subscriber(mosquitto.port, topic, f"stream-sub-{time.monotonic_ns()}")
+    pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"pub-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    pub.connect("127.0.0.1", mosquitto.port)
+    pub.loop_start()
+    try:
+        with_props = Properties(PacketTypes.PUBLISH)
+        with_props.UserProperty = ("k", "v")
+        with_props.MessageExpiryInterval = 600
+        sent = [
+            pub.publish(topic, b"plain qos1", qos=1),
+            pub.publish(topic, b"plain qos0", qos=0),
+            pub.publish(topic, b"", qos=1),
+            pub.publish(topic, b"with properties", qos=1, properties=with_props),
+        ]
+        for info in sent:
+            info.wait_for_publish(10)
+        got = sub.wait_for(4, 10)
+        assert [(m.payload, m.qos, m.topic, m.retain) for m in got] == [
+            (b"plain qos1", 1, topic, False),
+            (b"plain qos0", 0, topic, False),
+            (b"", 1, topic, False),
+            (b"with properties", 1, topic, False),
+        ]
+        assert all(type(m.payload) is bytes for m in got)
+        assert [m.properties for m in got[:3]] == [None, None, None]
+        assert got[3].properties is not None and got[3].properties.UserProperty == [("k", "v")]
+        sub.client.ack_many([m.mid for m in got if m.qos])
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        sub.close()

@@ -84,6 +84,14 @@ def messages(draw: st.DrawFn) -> Any:
             queue_depth=draw(st.integers(0, 10**9)), oldest_age_s=draw(st.floats(0, 1e6)),
             uptime_s=draw(optional), cpu_percent=draw(optional), rss_mb=draw(optional), asr_rtf=draw(optional),
             quota_full=draw(st.booleans()), dropped_segments=draw(st.integers(0, 10**9)),
+            config_version=draw(st.none() | st.integers(1, 2**53)), muted=draw(st.booleans()),
+        )
+    if kind is c.AgentConfig:
+        return c.AgentConfig(
+            agent_id=ids["agent_id"], version=draw(st.integers(1, 2**53)), issued_at=draw(times),
+            muted=draw(st.none() | st.booleans()), heartbeat_s=draw(st.none() | st.floats(0.001, 3600)),
+            vad_aggressiveness=draw(st.none() | st.integers(0, 3)),
+            log_level=draw(st.none() | st.sampled_from(["DEBUG", "INFO", "WARNING", "ERROR"])),
         )
     assert kind is c.DeadLetter
     return c.DeadLetter(
@@ -186,3 +194,37 @@ def test_known_edge_cases() -> None:
         else:
             raise AssertionError(f"{scalar!r} decoded")
     assert decoded_or_refused(b"[" * 100_000) is None  # deep nesting: refused, no RecursionError
+
+
+# --- the base64 codec -------------------------------------------------------------------------
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+base64_like = st.text(alphabet=_B64_CHARS + "=", max_size=24) | st.text(
+    alphabet=st.sampled_from([*_B64_CHARS, "=", " ", "\n", "-", "_", "\\", "é", "\x00"]), max_size=24
+)
+
+
+@FUZZ
+@given(text=base64_like, blob=st.binary(max_size=64))
+def test_base64_codec_agrees_with_the_standard_library(text: str, blob: bytes) -> None:
+    """contracts may use pybase64 (SIMD): it decodes every encoding exactly as the standard library's
+    strict decoder does and encodes identically; it never accepts what the standard library refuses,
+    and refuses the superfluous padding the standard library tolerates (``0000=``, ``PcnQ==``)."""
+    import base64
+    import binascii
+
+    from contracts.messages import b64decode, b64encode
+
+    canonical = base64.b64encode(blob)
+    assert b64encode(blob) == canonical
+    assert b64decode(canonical.decode(), validate=True) == blob
+    for candidate in (text, canonical.decode() + text):
+        try:
+            expected: bytes | None = base64.b64decode(candidate, validate=True)
+        except (binascii.Error, ValueError):
+            expected = None
+        try:
+            got: bytes | None = b64decode(candidate, validate=True)
+        except (binascii.Error, ValueError):
+            got = None
+        assert got is None or got == expected, candidate
