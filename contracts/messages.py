@@ -29,7 +29,7 @@ from contracts.errors import DecodeError, Reason
 try:  # SIMD base64: a 160 KiB segment's audio checks and decodes in ~10 µs instead of ~500 µs
     from pybase64 import b64decode, b64encode
 except ImportError:  # a device without a wheel for it: the standard library, same results
-    from base64 import b64decode, b64encode
+    from base64 import b64decode, b64encode  # type: ignore[assignment]
 
 AgentId = Annotated[
     str,
