@@ -6,8 +6,7 @@ import argparse
 
 from bridge.app import Bridge
 from bridge.settings import BridgeSettings
-from edgecap.logs import configure
-from edgecap.service import add_common_options, load_settings, show_settings, stop_on_signals
+from edgecap.service import add_common_options, prepare, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,14 +15,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Forward agent segments from MQTT into Kafka (with receipts) and finals back down.",
     )
     add_common_options(parser)
-    args = parser.parse_args(argv)
-    configure(args.debug, "bridge")
-    settings = load_settings(BridgeSettings, args)
-    if settings is None:
-        return 2
-    if args.check_config:
-        show_settings(settings)
-        return 0
+    settings = prepare(BridgeSettings, parser.parse_args(argv), "bridge")
+    if isinstance(settings, int):
+        return settings
     stop = stop_on_signals()
     with Bridge(settings):
         stop.wait()

@@ -7,8 +7,7 @@ import logging
 
 from cloud.metrics import serve
 from cloud.settings import WorkerSettings
-from edgecap.logs import configure
-from edgecap.service import add_common_options, load_settings, show_settings, stop_on_signals
+from edgecap.service import add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, help_ in WORKERS.items():
         sub.add_parser(name, parents=[common], help=help_, description=help_)
     args = parser.parse_args(argv)
-
-    configure(args.debug, f"worker-{args.worker}")
-    settings = load_settings(WorkerSettings, args)
-    if settings is None:
-        return 2
-    if args.check_config:
-        show_settings(settings)
-        return 0
-
+    settings = prepare(WorkerSettings, args, f"worker-{args.worker}")
+    if isinstance(settings, int):
+        return settings
     stop = stop_on_signals()
     serve(settings.metrics_port)
     if args.worker == "transcribe":

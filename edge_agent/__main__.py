@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from edgecap.logs import configure
-from edgecap.service import add_common_options, load_settings, show_settings, stop_on_signals
+from edgecap.service import add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger("edge_agent")
 
@@ -21,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     parser.add_argument("--until-drained", action="store_true", help="exit once the input is captioned and delivered")
     args = parser.parse_args(argv)
-    configure(args.debug, "agent")
     if args.list_devices:
+        configure(args.debug, "agent")
         from edge_agent.capture import CaptureError
         from edge_agent.capture.microphone import list_devices
 
@@ -37,17 +37,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_agent.settings import AgentSettings
 
-    settings = load_settings(AgentSettings, args)
-    if settings is None:
-        return 2
-    if args.input or args.fast:
+    def command_line(settings: AgentSettings) -> AgentSettings:
         update: dict[str, object] = {"realtime": False} if args.fast else {}
         if args.input:
             update["file"] = args.input
-        settings = settings.model_copy(update={"input": settings.input.model_copy(update=update)})
-    if args.check_config:
-        show_settings(settings)
-        return 0
+        return settings.model_copy(update={"input": settings.input.model_copy(update=update)})
+
+    settings = prepare(AgentSettings, args, "agent", command_line)
+    if isinstance(settings, int):
+        return settings
 
     from edge_agent.agent import STARTUP_ERRORS, Agent
 

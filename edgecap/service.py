@@ -9,9 +9,11 @@ import re
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from contracts.settings import ConfigError, ServiceSettings
+from edgecap.logs import configure
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,22 @@ def load_settings(cls: type[S], args: argparse.Namespace) -> S | None:
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return None
+
+
+def prepare(cls: type[S], args: argparse.Namespace, service: str, adjust: Callable[[S], S] | None = None) -> S | int:
+    """Configure logging as ``service`` and load its settings (``adjust`` may amend them): the
+    settings to run with, or the exit code when the command is done already: 2 after bad settings
+    (the reason on stderr), 0 after ``--check-config`` showed them."""
+    configure(args.debug, service)
+    settings = load_settings(cls, args)
+    if settings is None:
+        return 2
+    if adjust is not None:
+        settings = adjust(settings)
+    if args.check_config:
+        show_settings(settings)
+        return 0
+    return settings
 
 
 def redacted(settings: ServiceSettings) -> dict[str, Any]:

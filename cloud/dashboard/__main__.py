@@ -9,8 +9,7 @@ import uvicorn
 
 from cloud.dashboard.app import create_app
 from cloud.settings import DashboardSettings
-from edgecap.logs import configure
-from edgecap.service import add_common_options, load_settings, show_settings
+from edgecap.service import add_common_options, prepare
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +18,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecap dashboard", description="Serve the live captions dashboard.")
     add_common_options(parser)
     args = parser.parse_args(argv)
-
-    configure(args.debug, "dashboard")
-    settings = load_settings(DashboardSettings, args)
-    if settings is None:
-        return 2
-    if args.check_config:
-        show_settings(settings)
-        return 0
-
+    settings = prepare(DashboardSettings, args, "dashboard")
+    if isinstance(settings, int):
+        return settings
     app = create_app(settings)
     log.info("dashboard on http://%s:%d", settings.host, settings.port)
     # uvicorn stops cleanly on SIGTERM/SIGINT itself (it installs its own handlers).
