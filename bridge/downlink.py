@@ -1,8 +1,12 @@
-"""Final captions from Kafka down to each agent's captions topic.
+"""Final captions and agent configurations from Kafka down to each agent's MQTT topics.
 
-One thread consumes ``edgecap.finals`` and publishes through the bridge's publisher connection;
-an offset is stored only after the broker acknowledged the publish (PUBACK), so a crash or a
-broker outage redelivers instead of losing a caption.
+One thread consumes ``edgecap.finals`` and ``edgecap.config`` and publishes through the bridge's
+publisher connection: a final to the agent's ``captions`` topic, a configuration to its ``config``
+topic *retained*, so an agent that connects later (or restarts) still gets the latest one. A
+configuration's record key must be the agent id it names (else it is dead-lettered as
+``spoofed_agent``); the bytes published are the record's, unchanged. An offset is stored only after
+the broker acknowledged the publish (PUBACK), so a crash or a broker outage redelivers instead of
+losing a caption or a configuration.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, dead_letter
-from contracts import DecodeError, Down, Final, Kafka, decode, encode, mqtt_topic
+from contracts import AgentConfig, DecodeError, Down, Final, Kafka, Reason, decode, encode, mqtt_topic
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,8 @@ _RETRY_S = 1.0
 
 
 class Downlink:
-    """Consumer group ``settings.downlink_group`` on ``edgecap.finals``; a thread of its own."""
+    """Consumer group ``settings.downlink_group`` on ``edgecap.finals`` and ``edgecap.config``; a thread
+    of its own."""
 
     def __init__(
         self, settings: BridgeSettings, publisher: MqttConnection, producer: Producer, metrics: Metrics
@@ -53,7 +58,7 @@ class Downlink:
         )
 
     def start(self) -> None:
-        self.consumer.subscribe([Kafka.FINALS.value])
+        self.consumer.subscribe([Kafka.FINALS.value, Kafka.CONFIG.value])
         self._thread = threading.Thread(target=self._run, name="bridge-downlink", daemon=True)
         self._thread.start()
 
@@ -85,26 +90,27 @@ class Downlink:
                 continue
             raw = record.value() or b""
             try:
-                final = decode(raw, Final, max_bytes=self.settings.max_message_bytes)
+                topic, retain = self._route(record, raw)
             except DecodeError as exc:
                 self._dead_letter(record, raw, Refused(exc.reason, exc.detail))
                 outcomes.append((record, None))
                 continue
-            topic = mqtt_topic(final.agent_id, Down.CAPTIONS)
-            outcomes.append((record, self.publisher.client.publish(topic, raw, qos=1)))
+            outcomes.append((record, self.publisher.client.publish(topic, raw, qos=1, retain=retain)))
         rewound: set[tuple[str | None, int | None]] = set()
         for record, info in outcomes:
             where = (record.topic(), record.partition())
             if where in rewound:
                 continue
+            config = record.topic() == Kafka.CONFIG.value
             if info is None or self._acknowledged(info):
                 self.consumer.store_offsets(message=record)
                 if info is not None:
-                    self.metrics.downlink_published.inc()
+                    (self.metrics.config_published if config else self.metrics.downlink_published).inc()
                 continue
-            self.metrics.downlink_failures.inc()
+            (self.metrics.config_failures if config else self.metrics.downlink_failures).inc()
             log.warning(
-                "caption at %s[%s]@%s not acknowledged by MQTT; will retry",
+                "%s at %s[%s]@%s not acknowledged by MQTT; will retry",
+                "configuration" if config else "caption",
                 record.topic(),
                 record.partition(),
                 record.offset(),
@@ -114,11 +120,27 @@ class Downlink:
         if rewound:
             self._stop.wait(_RETRY_S)
 
+    def _route(self, record: Message, raw: bytes) -> tuple[str, bool]:
+        """The MQTT topic of a record and whether the broker retains it; :class:`DecodeError` if refused."""
+        limit = self.settings.max_message_bytes
+        if record.topic() != Kafka.CONFIG.value:
+            final = decode(raw, Final, max_bytes=limit)
+            return mqtt_topic(final.agent_id, Down.CAPTIONS), False
+        config = decode(raw, AgentConfig, max_bytes=limit)
+        key = record.key()
+        if key != config.agent_id.encode("utf-8"):
+            # the key picks the partition, hence the order among one agent's configurations
+            shown = key if key is None else key[:80]
+            raise DecodeError(
+                Reason.SPOOFED_AGENT, f"record key {shown!r} is not the configuration's agent_id {config.agent_id!r}"
+            )
+        return mqtt_topic(config.agent_id, Down.CONFIG), True
+
     def _acknowledged(self, info: MQTTMessageInfo) -> bool:
         try:
             info.wait_for_publish(self.settings.downlink_publish_timeout_s)
         except (ValueError, RuntimeError) as exc:
-            log.debug("caption publish failed: %s", exc)
+            log.debug("downlink publish failed: %s", exc)
             return False
         return info.is_published()
 

@@ -46,6 +46,10 @@ class Metrics:
         self.connected = Gauge(p + "mqtt_connected", "1 while the uplink is subscribed.", registry=r)
         self.downlink_published = Counter(p + "downlink_published", "Finals published to agents.", registry=r)
         self.downlink_failures = Counter(p + "downlink_failures", "Finals whose publish failed.", registry=r)
+        self.config_published = Counter(p + "config_published", "Configurations published to agents.", registry=r)
+        self.config_failures = Counter(
+            p + "config_failures", "Configurations whose publish failed (each is published again).", registry=r
+        )
         self._server: Any = None
 
     def serve(self, port: int, host: str) -> None:

@@ -3,6 +3,7 @@
 from contracts.errors import DecodeError, Reason
 from contracts.ids import new_segment_id
 from contracts.messages import (
+    AgentConfig,
     Audio,
     CloudTranscript,
     DeadLetter,
@@ -24,6 +25,7 @@ from contracts.messages import (
 from contracts.topics import Down, Kafka, Up, mqtt_filter, mqtt_topic, parse_mqtt_topic, shared_filter
 
 __all__ = [
+    "AgentConfig",
     "Audio",
     "CloudTranscript",
     "DeadLetter",

@@ -254,6 +254,39 @@ class Status(_Model):
     dropped_segments: int = Field(
         default=0, ge=0, description="Segments whose audio the quota policy dropped, or that it refused."
     )
+    config_version: int | None = Field(
+        default=None, ge=1, description="Version of the last configuration the agent applied (None: none yet)."
+    )
+    muted: bool = Field(default=False, description="A remote configuration muted capture (privacy mute).")
+
+
+class AgentConfig(_Model):
+    """Settings an operator changes on a running agent (``edgecap config set`` → ``edgecap.config``
+    → the agent's retained config topic). Every setting is optional: None leaves it as it is."""
+
+    schema_: Literal["edgecap.agent_config.v1"] = Field(default="edgecap.agent_config.v1", alias="schema")
+    agent_id: AgentId
+    version: int = Field(
+        ge=1, description="Applied only if greater than the last applied version; stale and replayed ones are ignored."
+    )
+    issued_at: UnixTime
+    muted: bool | None = Field(
+        default=None, description="Privacy mute: capture runs, audio is discarded before the VAD, nothing is sent."
+    )
+    heartbeat_s: float | None = Field(default=None, gt=0, le=3600, description="Status heartbeat interval in seconds.")
+    vad_aggressiveness: int | None = Field(
+        default=None, ge=0, le=3, description="webrtcvad mode 0-3 (the silero engine ignores it)."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] | None = Field(
+        default=None, description="Level of the agent's root logger."
+    )
+
+    def settings(self) -> dict[str, Any]:
+        """The settings this message changes: those that are not None."""
+        return {name: getattr(self, name) for name in CONFIG_SETTINGS if getattr(self, name) is not None}
+
+
+CONFIG_SETTINGS = ("muted", "heartbeat_s", "vad_aggressiveness", "log_level")  # AgentConfig's optional settings
 
 
 class DeadLetter(_Model):
@@ -270,7 +303,7 @@ class DeadLetter(_Model):
 
 
 Message = Annotated[
-    Segment | Draft | Frame | CloudTranscript | Final | Receipt | Status | DeadLetter,
+    Segment | Draft | Frame | CloudTranscript | Final | Receipt | Status | AgentConfig | DeadLetter,
     Field(discriminator="schema_"),
 ]
 MESSAGE_TYPES: tuple[type[_Model], ...] = (
@@ -281,6 +314,7 @@ MESSAGE_TYPES: tuple[type[_Model], ...] = (
     Final,
     Receipt,
     Status,
+    AgentConfig,
     DeadLetter,
 )
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Message)

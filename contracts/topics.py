@@ -60,4 +60,5 @@ class Kafka(StrEnum):
     FINALS = "edgecap.finals"
     DETECTIONS = "edgecap.detections"
     STATUS = "edgecap.status"
+    CONFIG = "edgecap.config"
     DEADLETTER = "edgecap.deadletter"

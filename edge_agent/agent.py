@@ -3,6 +3,8 @@
 Capture runs in its own thread and only feeds the VAD, so inference never holds up the audio:
 finished utterances go through an unbounded queue to the ASR thread, which shows the draft at once
 and commits segment + draft to the outbox; the MQTT link drains the outbox whenever it can.
+Configuration from the cloud (mute, heartbeat, VAD mode, log level) is applied live by
+:class:`~edge_agent.remote.RemoteConfig`, loaded from disk before capture starts.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import queue
 import threading
 
-from contracts import Audio, Final, Segment, Transcript, Up, encode, mqtt_topic
+from contracts import AgentConfig, Audio, Final, Segment, Transcript, Up, encode, mqtt_topic
 from edge_agent.asr import ENGINES as ASR_ENGINES
 from edge_agent.asr import ModelNotPrepared
 from edge_agent.captions import CaptionError, CaptionSink
@@ -22,6 +24,7 @@ from edge_agent.health import Health
 from edge_agent.link import IdentityError, MqttLink
 from edge_agent.outbox import Outbox
 from edge_agent.quota import OutboxFull
+from edge_agent.remote import RemoteConfig, config_path
 from edge_agent.settings import AgentSettings
 from edge_agent.vad import SpeechSegment, VadModelMissing, make_segmenter
 
@@ -58,11 +61,15 @@ class Agent:
         )
         self.health = Health()
         self.outbox = Outbox(s.outbox.path, quota=s.outbox.quota())
+        self.remote = RemoteConfig(s.agent_id, config_path(s.outbox.path), heartbeat_s=s.heartbeat_s, vad=self.vad)
+        self.remote.load()  # a device muted remotely stays muted across a restart, network or not
         self.link = MqttLink(
             s.agent_id,
             s.mqtt,
             self.outbox,
             on_final=self._on_final,
+            on_config=self._on_config,
+            config_state=self.remote.state,
             resend_after_s=s.outbox.resend_after_s,
             max_in_flight=s.outbox.max_in_flight,
             resend_max_s=s.outbox.resend_max_s,
@@ -99,7 +106,9 @@ class Agent:
             resource = getattr(self, part, None)
             if resource is not None:
                 resource.close()
-        log.info("agent stopped: %d captioned, link %s", self.captioned, dict(link.counters) if link else {})
+        remote = getattr(self, "remote", None)
+        muted = f", {remote.muted_s:.1f} s muted" if remote is not None and remote.muted_s else ""
+        log.info("agent stopped: %d captioned%s, link %s", self.captioned, muted, dict(link.counters) if link else {})
 
     def drained(self) -> bool:
         """Input finished, every utterance captioned, and every segment receipted."""
@@ -113,9 +122,10 @@ class Agent:
     # --- threads ----------------------------------------------------------------------------
 
     def _capture_loop(self) -> None:
-        """Feed the VAD and queue its events (pauses, finished segments): no inference here."""
+        """Feed the VAD and queue its events (pauses, finished segments): no inference here. While
+        muted, audio is discarded before the VAD (:meth:`RemoteConfig.feed`)."""
         for pcm, t0 in self.source.chunks(self.stop_event):
-            for event in self.vad.process(pcm, t0):
+            for event in self.remote.feed(pcm, t0):
                 self._segments.put(event)
         for segment in self.vad.flush():
             self._segments.put(segment)
@@ -164,13 +174,20 @@ class Agent:
     def _on_final(self, final: Final) -> None:
         self.captions.final(final)
 
+    def _on_config(self, config: AgentConfig) -> None:
+        """A configuration from the cloud (MQTT network thread): apply it, then report it at once."""
+        if self.remote.apply(config):
+            self.link.publish_status()
+
     def _heartbeat_loop(self) -> None:
-        """The retained status every ``heartbeat_s``: queue, quota, CPU, RSS, ASR real-time factor."""
-        while not self.stop_event.wait(self.settings.heartbeat_s):
+        """The retained status every ``heartbeat_s`` (remote configuration may change it): queue,
+        quota, CPU, RSS, ASR real-time factor, applied config version, mute."""
+        while not self.stop_event.wait(self.remote.heartbeat_s):
             try:
                 self.link.publish_status()
                 online = "online" if self.link.connected.is_set() else "offline"
-                self.captions.status(f"{online} · outbox {self.outbox.depth()}")
+                muted = " · muted" if self.remote.muted.is_set() else ""
+                self.captions.status(f"{online} · outbox {self.outbox.depth()}{muted}")
             except Exception:  # a heartbeat must never stop the agent
                 log.exception("publishing the status failed")
 

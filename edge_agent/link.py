@@ -7,7 +7,8 @@ only the oldest unreceipted entry (with backoff) until a receipt shows the way t
 open, then the rest. So a broker never queues a backlog for a bridge that is away, which mosquitto
 may hand over out of order once the bridge returns (seen after a broker restart). A retained
 status with a last will doubles as the heartbeat. Down: receipts (the only thing that deletes from
-the outbox; a PUBACK does not) and final captions.
+the outbox; a PUBACK does not), final captions, and the agent's configuration (retained by the
+broker, so it comes again on every subscribe: the receiver ignores versions it already applied).
 
 Authentication: user name + password (or a password file), and/or TLS with a client certificate
 whose common name must be the agent's id (checked at start-up by :func:`check_identity`).
@@ -28,7 +29,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from contracts import DecodeError, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
+from contracts import AgentConfig, DecodeError, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
 from contracts.settings import MqttSettings
 from edge_agent.health import Health
 from edge_agent.outbox import Entry, Outbox
@@ -93,6 +94,8 @@ class MqttLink:
         outbox: Outbox,
         *,
         on_final: Callable[[Final], object],
+        on_config: Callable[[AgentConfig], object] | None = None,
+        config_state: Callable[[], tuple[int | None, bool]] | None = None,
         resend_after_s: float = 10.0,
         max_in_flight: int = 50,
         resend_max_s: float = 300.0,
@@ -103,6 +106,8 @@ class MqttLink:
         self.settings = settings
         self.outbox = outbox
         self.on_final = on_final
+        self.on_config = on_config
+        self.config_state = config_state  # (applied config version, muted) for the status
         self.resend_after_s = resend_after_s
         self.max_in_flight = max_in_flight
         self.backoff = Backoff(resend_after_s, resend_max_s)
@@ -172,7 +177,11 @@ class MqttLink:
         log.info("connected to MQTT %s:%d as %s", self.settings.host, self.settings.port, self.agent_id)
         self.counters["connects"] += 1
         client.subscribe(
-            [(mqtt_topic(self.agent_id, Down.RECEIPTS), 1), (mqtt_topic(self.agent_id, Down.CAPTIONS), 1)]
+            [
+                (mqtt_topic(self.agent_id, Down.RECEIPTS), 1),
+                (mqtt_topic(self.agent_id, Down.CAPTIONS), 1),
+                (mqtt_topic(self.agent_id, Down.CONFIG), 1),
+            ]
         )
         client.publish(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=True), qos=1, retain=True)
         self.outbox.mark_all_unsent()  # resend everything unreceipted, in seq order
@@ -202,6 +211,14 @@ class MqttLink:
         elif isinstance(message, Final) and message.agent_id == self.agent_id:
             self.counters["finals"] += 1
             self.on_final(message)
+        elif isinstance(message, AgentConfig) and message.agent_id == self.agent_id:
+            self.counters["configs"] += 1
+            if self.on_config is not None:
+                try:
+                    self.on_config(message)
+                except Exception:  # on paho's network thread: an error here must not end the link
+                    self.counters["config_errors"] += 1
+                    log.exception("applying config v%d failed", message.version)
         else:
             self.counters["bad_downlink"] += 1
             log.warning("unexpected %s on %s", type(message).__name__, msg.topic)
@@ -286,6 +303,7 @@ class MqttLink:
             return Status(agent_id=self.agent_id, online=False, at=time.time())
         dropped = self.outbox.counters()
         health = self.health
+        config_version, muted = self.config_state() if self.config_state is not None else (None, False)
         return Status(
             agent_id=self.agent_id,
             online=True,
@@ -298,6 +316,8 @@ class MqttLink:
             cpu_percent=health.cpu_percent() if health else None,
             rss_mb=health.rss_mb() if health else None,
             asr_rtf=health.asr_rtf() if health else None,
+            config_version=config_version,
+            muted=muted,
         )
 
     def _status(self, *, online: bool) -> bytes:

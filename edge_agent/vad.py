@@ -358,6 +358,14 @@ class VadSegmenter(Segmenter):
         self.aggressiveness = aggressiveness
         self._vad = webrtcvad.Vad(aggressiveness)
 
+    def set_aggressiveness(self, aggressiveness: int) -> None:
+        """Switch mode live (remote configuration): webrtcvad reads it per frame, and the call holds
+        the GIL, so it lands between two frames."""
+        if aggressiveness not in (0, 1, 2, 3):
+            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness!r}")
+        self._vad.set_mode(aggressiveness)
+        self.aggressiveness = aggressiveness
+
     def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
         return bool(self._vad.is_speech(data, self.sample_rate))
 

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "models": ("edgecap.models.__main__", "prepare models offline: edgecap models prepare"),
     "demo": ("edgecap.demo", "run the whole pipeline locally on a sample recording"),
     "devices": ("bridge.devices_cli", "add, remove, list devices at the MQTT broker; its CA and config"),
+    "config": ("cloud.agentconfig", "change settings of a running agent: edgecap config set AGENT_ID --muted true"),
 }
 
 

@@ -52,6 +52,7 @@ def test_every_message_type_round_trips() -> None:
         c.Receipt(agent_id="pi-1", accepted=[s.segment_id],
                   rejected=[c.Rejection(segment_id="b", reason="bad_audio")], issued_at=1.0),
         c.Status(agent_id="pi-1", online=True, at=1.0, queue_depth=2),
+        c.AgentConfig(agent_id="pi-1", version=3, issued_at=1.0, muted=True, log_level="DEBUG"),
         c.DeadLetter(reason="bad_json", detail="d", source="t", received_at=1.0, payload=b"\x00\xff"),
     ]
     assert {type(m) for m in messages} == set(c.messages.MESSAGE_TYPES)
