@@ -9,7 +9,7 @@ it runs, each on a fresh mosquitto and a fresh in-memory Tansu:
   filter) feeding a bare confluent-kafka producer (acks=all, idempotent, the bridge's batching and
   compression settings), in a process of its own: the raw ceiling of MQTT → Kafka in Python;
 - the **bridge** (``python -m bridge``) with its at-least-once path on: validation, manual MQTT
-  acks after Kafka's confirmation, drafts produced to ``edgecap.drafts``, receipts to the agents;
+  acks after Kafka's confirmation, receipts to the agents;
   once with one replica, once with two (the same shared subscription).
 
 Publisher processes send as fast as QoS 1 lets them (each message carries its publish time). A
@@ -205,7 +205,8 @@ def _start_consumers(
             out = profile / f"bridge-{replicas}x-{int(time.time())}-{r}.txt"
             spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--rate", "250", "--format", "raw"]
             cmd = [*spy, "-o", str(out), "--", *cmd]
-        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log))
+        # a session of its own: a failed start kills the replica and its profiler together
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, start_new_session=True))
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -216,6 +217,9 @@ def _start_consumers(
                 pass
             time.sleep(0.1)
         else:
+            for proc in procs:  # never leave a replica (or its profiler) running after a failed start
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
             raise RuntimeError(f"bridge replica {r} did not subscribe; see {workdir}")
     return procs
 
@@ -248,7 +252,7 @@ def run(
     config = listener + f"max_inflight_messages {inflight}\n"  # as deploy/mosquitto/mosquitto.conf
     with Mosquitto(port, workdir / f"mq-{kind}-{replicas}-{size}", config) as mq, Tansu() as kafka:
         warm = Producer({"bootstrap.servers": kafka.bootstrap})
-        for topic in (Kafka.SEGMENTS, Kafka.DRAFTS):
+        for topic in (Kafka.SEGMENTS,):
             warm.produce(topic.value, b"warm-up")
         warm.flush(10)
         del warm

@@ -28,7 +28,7 @@ from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_frame, check_segment, dead_letter, readable_segment_id, topic_route
-from contracts import Draft, Frame, Kafka, Receipt, Rejection, Segment, Up, encode, shared_filter
+from contracts import Frame, Kafka, Receipt, Rejection, Segment, Up, encode, shared_filter
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,9 @@ class Uplink:
             self._refuse(msg, raw, agent_id, refused)
             return
         self._note_seen(item.segment_id, agent_id)
-        records: list[tuple[Kafka, str | None, bytes]]
-        if isinstance(item, Frame):
-            records = [(Kafka.FRAMES, agent_id, raw)]
-        else:
-            records = [(Kafka.SEGMENTS, agent_id, raw)]
-            if item.draft is not None:
-                records.append((Kafka.DRAFTS, agent_id, encode(Draft.of(item))))
+        # one record, the bytes as they came: the reconciler takes each segment's draft from
+        # edgecap.segments itself (the bridge moves and checks, it does not reshape)
+        records = [(Kafka.FRAMES if isinstance(item, Frame) else Kafka.SEGMENTS, agent_id, raw)]
 
         def accepted() -> None:
             self.receipts.accept(item.agent_id, item.segment_id)

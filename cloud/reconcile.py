@@ -1,12 +1,14 @@
 """The reconciler: joins edge drafts and cloud transcripts per segment into one final caption.
 
-Consumer group ``edgecap-reconcile`` on ``edgecap.drafts`` and ``edgecap.transcripts``. A draft is
-stored (version 1). A transcript is reconciled with the draft by :meth:`Store.record_final` (rule
+Consumer group ``edgecap-reconcile`` on ``edgecap.segments`` (the edge draft each one carries),
+``edgecap.drafts`` (drafts sent on their own) and ``edgecap.transcripts``. A draft is stored
+(version 1). A transcript is reconciled with the draft by :meth:`Store.record_final` (rule
 in :mod:`cloud.store`), the resulting :class:`~contracts.Final` is produced to ``edgecap.finals``
 keyed by ``agent_id``, and only after its delivery is the record's offset stored. A duplicate
 transcript (the segment already has a final) is counted and produces nothing — unless the earlier
 final was stored but never delivered (a crash in between), in which case the stored final is sent.
-Undecodable records go to ``edgecap.deadletter``; a store or Kafka failure rewinds the batch and
+Undecodable drafts and transcripts go to ``edgecap.deadletter`` (undecodable segments are the
+transcriber's to dead-letter); a store or Kafka failure rewinds the batch and
 retries it after a pause.
 """
 
@@ -30,11 +32,14 @@ from cloud.kafka_io import (
 from cloud.metrics import Tally
 from cloud.settings import WorkerSettings
 from cloud.store import Store
-from contracts import CloudTranscript, DecodeError, Draft, Kafka, decode, encode
+from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgecap-reconcile"
+# edge drafts come inside their segments (edgecap.segments); edgecap.drafts takes drafts sent on
+# their own, by producers outside edgecap's bridge
+INPUTS = (Kafka.SEGMENTS, Kafka.DRAFTS, Kafka.TRANSCRIPTS)
 MAX_BATCH = 200
 RETRY_PAUSE_S = 2.0
 
@@ -50,9 +55,9 @@ class Reconciler:
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
-        ensure_topics(s.kafka, [Kafka.DRAFTS, Kafka.TRANSCRIPTS, Kafka.FINALS, Kafka.DEADLETTER], s.topic_partitions)
+        ensure_topics(s.kafka, [*INPUTS, Kafka.FINALS, Kafka.DEADLETTER], s.topic_partitions)
         publisher = Publisher(s.kafka)
-        consumer = open_consumer(s.kafka, self.group, [Kafka.DRAFTS, Kafka.TRANSCRIPTS], s.session_timeout_ms)
+        consumer = open_consumer(s.kafka, self.group, list(INPUTS), s.session_timeout_ms)
         try:
             while not stop.is_set():
                 batch = poll_batch(consumer, MAX_BATCH, max_wait_s=0.05)
@@ -89,7 +94,9 @@ class Reconciler:
     def _one(self, msg: Message, publisher: Publisher, sent: list[str]) -> None:
         raw = msg.value() or b""
         try:
-            if msg.topic() == Kafka.DRAFTS:
+            if msg.topic() == Kafka.SEGMENTS:
+                self._segment(raw)
+            elif msg.topic() == Kafka.DRAFTS:
                 self._draft(decode(raw, Draft))
             else:
                 self._transcript(decode(raw, CloudTranscript), publisher, sent)
@@ -98,6 +105,18 @@ class Reconciler:
             letter = dead_letter(msg, exc.reason.value, exc.detail)
             publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
             self.tally.add("dead_letter")
+
+    def _segment(self, raw: bytes) -> None:
+        """The edge draft a segment carries (segments without one have none to store). A segment that
+        does not decode is the transcriber's to dead-letter: counted here, not dead-lettered twice."""
+        try:
+            segment = decode(raw, Segment)
+        except DecodeError as exc:
+            log.debug("undecodable segment skipped (the transcriber dead-letters it): %s", exc)
+            self.tally.add("bad_segment")
+            return
+        if segment.draft is not None:
+            self._draft(Draft.of(segment))
 
     def _draft(self, draft: Draft) -> None:
         if self.store.upsert_draft(draft):

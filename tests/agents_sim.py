@@ -17,11 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from contracts import Audio, Segment, Transcript, Up, encode, mqtt_topic, new_segment_id
 from contracts.settings import MqttSettings
@@ -29,15 +25,6 @@ from edge_agent.link import MqttLink
 from edge_agent.outbox import Outbox
 
 REPO = Path(__file__).resolve().parent.parent
-Record = tuple[bytes | None, bytes]
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
 
 
 def sim_segment(agent_id: str, segment_id: str, seq: int, rng: random.Random, seconds: float | None = None) -> Segment:
@@ -245,58 +232,3 @@ def reconcile_service(bootstrap: str, store_url: str, group: str, metrics_port: 
         "EDGECAP_WORKER_METRICS_PORT": str(metrics_port),
     }
     return Service("reconcile", ["-m", "cloud", "reconcile"], env, workdir / "reconcile.log")
-
-
-def scrape(port: int) -> dict[str, float]:
-    """A Prometheus endpoint's samples by full name (labels included); {} if it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            try:
-                out[name] = float(value)
-            except ValueError:
-                continue
-    return out
-
-
-# --- Kafka ---------------------------------------------------------------------------------------
-
-
-def read_topic(
-    bootstrap: str, topic: str, done: Callable[[list[Record]], bool], *, timeout_s: float = 60, linger_s: float = 1.0
-) -> list[Record]:
-    """Every record (key, value) of ``topic`` from the beginning, in log order per partition, until
-    ``done(records)`` holds and nothing more came for ``linger_s`` (late duplicates), or timeout."""
-    consumer = Consumer({
-        "bootstrap.servers": bootstrap,
-        "group.id": f"reader-{new_segment_id()}",
-        "enable.auto.commit": False,
-        "fetch.max.bytes": 64 * 1024 * 1024,
-    })
-    records: list[Record] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        partitions: list[int] = []
-        while not partitions and time.monotonic() < deadline:
-            meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
-            partitions = list(meta.partitions) if meta is not None and not meta.error else []
-            if not partitions:
-                time.sleep(0.2)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline:
-            batch = [m for m in consumer.consume(1000, timeout=0.2) if not m.error()]
-            records.extend((m.key(), m.value() or b"") for m in batch)
-            if batch:
-                quiet_since = time.monotonic()
-            elif time.monotonic() - quiet_since >= linger_s and done(records):
-                break
-    finally:
-        consumer.close()
-    return records

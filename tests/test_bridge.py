@@ -6,30 +6,22 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
+from support import Agent, bridge_settings, keyed, make_segment, read_topic, scrape, unique, wait_until
 
 from bridge.app import Bridge
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from contracts import (
-    Audio,
     DeadLetter,
-    Down,
-    Draft,
     Final,
     Kafka,
     Reason,
-    Receipt,
     Rejection,
     Segment,
     Transcript,
@@ -39,125 +31,12 @@ from contracts import (
     mqtt_topic,
     new_segment_id,
 )
-from contracts.settings import KafkaSettings, MqttSettings
 from edgecap.brokers import Mosquitto, Tansu, free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 # --- helpers ---------------------------------------------------------------------------------
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-def make_segment(
-    agent_id: str, seq: int, *, seconds: float = 0.1, sample_rate: int = 16000, draft: bool = True
-) -> Segment:
-    samples = int(seconds * sample_rate)
-    pcm = (bytes(range(256)) * (samples * 2 // 256 + 1))[: samples * 2]
-    now = time.time()
-    return Segment(
-        agent_id=agent_id,
-        segment_id=new_segment_id(),
-        seq=seq,
-        started_at=now,
-        ended_at=now + seconds,
-        audio=Audio(sample_rate=sample_rate, data=pcm),
-        draft=Transcript(text=f"utterance {seq}", model_id="test", produced_at=now) if draft else None,
-    )
-
-
-def bridge_settings(mosquitto: Mosquitto, bootstrap: str, **overrides: Any) -> BridgeSettings:
-    name = unique("bridge")
-    values: dict[str, Any] = {
-        "mqtt": MqttSettings(port=mosquitto.port, session_expiry_s=30),
-        "kafka": KafkaSettings(bootstrap_servers=bootstrap, client_id=name),
-        "client_id": name,
-        "shared_group": name,
-        "downlink": False,
-        "downlink_group": name,
-    }
-    return BridgeSettings.load(**(values | overrides))
-
-
-class Agent:
-    """A device as the bridge sees it: a paho v5 client publishing segments, receiving receipts."""
-
-    def __init__(self, port: int, agent_id: str) -> None:
-        self.agent_id = agent_id
-        self.lock = threading.Lock()
-        self.receipts: list[Receipt] = []
-        self.captions: list[bytes] = []
-        self._subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique(agent_id), protocol=mqtt.MQTTv5)
-        self.client.on_message = self._message
-        self.client.on_subscribe = lambda *_: self._subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-        self.client.subscribe([(mqtt_topic(agent_id, Down.RECEIPTS), 1), (mqtt_topic(agent_id, Down.CAPTIONS), 1)])
-        assert self._subscribed.wait(5)
-
-    def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            if msg.topic.endswith(Down.RECEIPTS.value):
-                self.receipts.append(decode(msg.payload, Receipt))
-            else:
-                self.captions.append(bytes(msg.payload))
-
-    def publish(self, payload: bytes, topic: str | None = None) -> None:
-        info = self.client.publish(topic or mqtt_topic(self.agent_id, Up.SEGMENTS), payload, qos=1)
-        info.wait_for_publish(10)
-
-    def accepted(self) -> set[str]:
-        with self.lock:
-            return {sid for r in self.receipts for sid in r.accepted}
-
-    def rejected(self) -> dict[str, str]:
-        with self.lock:
-            return {rej.segment_id: rej.reason for r in self.receipts for rej in r.rejected}
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-def read_topic(
-    bootstrap: str, topic: str, done: Callable[[list[tuple[bytes | None, bytes]]], bool], timeout_s: float = 20
-) -> list[tuple[bytes | None, bytes]]:
-    """Records (key, value) of every partition of ``topic`` from the beginning until ``done``."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("reader"), "enable.auto.commit": False})
-    records: list[tuple[bytes | None, bytes]] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        partitions: list[int] = []
-        while not partitions and time.monotonic() < deadline:
-            meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
-            partitions = list(meta.partitions) if meta is not None and not meta.error else []
-            if not partitions:
-                time.sleep(0.1)
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
-        while not done(records) and time.monotonic() < deadline:
-            for m in consumer.consume(500, timeout=0.2):
-                if not m.error():
-                    records.append((m.key(), m.value() or b""))
-    finally:
-        consumer.close()
-    return records
-
-
-def keyed(records: list[tuple[bytes | None, bytes]], agent_id: str) -> list[bytes]:
-    return [v for k, v in records if k == agent_id.encode()]
 
 
 @pytest.fixture
@@ -183,15 +62,12 @@ def test_segment_reaches_kafka_and_is_receipted(mosquitto: Mosquitto, kafka: Tan
             read_topic(kafka.bootstrap, Kafka.SEGMENTS, lambda r: bool(keyed(r, agent.agent_id))), agent.agent_id
         )
         assert segments == [raw]  # byte-identical
-        drafts = keyed(
-            read_topic(kafka.bootstrap, Kafka.DRAFTS, lambda r: bool(keyed(r, agent.agent_id))), agent.agent_id
-        )
-        assert [decode(d, Draft) for d in drafts] == [Draft.of(segment)]
         stats = bridge.stats()
         assert stats["received"] == 1 and stats["acknowledged"] == 1
-        assert stats["produced"] == {Kafka.SEGMENTS.value: 1, Kafka.DRAFTS.value: 1}
+        # one record per segment: the reconciler takes the draft from it (no edgecap.drafts record)
+        assert stats["produced"] == {Kafka.SEGMENTS.value: 1}
         assert stats["receipts"] >= 1 and stats["in_flight"] == 0
-        assert stats["delivery_seconds_count"] == 2
+        assert stats["delivery_seconds_count"] == 1
 
 
 @pytest.mark.integration
@@ -202,8 +78,8 @@ def test_many_segments_all_receipted_in_order(mosquitto: Mosquitto, kafka: Tansu
         sent = [make_segment(agent.agent_id, seq, draft=seq % 2 == 0) for seq in range(n)]
         for s in sent:
             agent.client.publish(mqtt_topic(agent.agent_id, Up.SEGMENTS), encode(s), qos=1)
-        wait_until(lambda: len(agent.accepted()) == n, 30, f"receipts for {n} segments")
-        assert agent.accepted() == {s.segment_id for s in sent}
+        wait_until(lambda: len(set(agent.accepted())) == n, 30, f"receipts for {n} segments")
+        assert set(agent.accepted()) == {s.segment_id for s in sent}
         assert all(len(r.accepted) <= 100 for r in agent.receipts)
 
         records = keyed(
@@ -212,7 +88,7 @@ def test_many_segments_all_receipted_in_order(mosquitto: Mosquitto, kafka: Tansu
         seqs = [decode(v, Segment).seq for v in records]
         assert seqs == list(range(n))  # all there, once, in per-agent order
         assert bridge.stats()["duplicates"] == 0
-        assert bridge.stats()["produced"][Kafka.DRAFTS.value] == n // 2
+        assert bridge.stats()["produced"] == {Kafka.SEGMENTS.value: n}
 
 
 @pytest.mark.integration
@@ -295,7 +171,7 @@ def test_back_pressure_while_kafka_is_down(mosquitto: Mosquitto, agent: Agent) -
             print("held while Kafka is down:", stats["received"], "received,", stats["in_flight"], "in flight")
             assert stats["in_flight"] == 5 and stats["received"] <= 6 and stats["acknowledged"] == 0
             later_kafka.start()
-            wait_until(lambda: len(agent.accepted()) == len(sent), 30, "every segment receipted")
+            wait_until(lambda: len(set(agent.accepted())) == len(sent), 30, "every segment receipted")
             assert bridge.stats()["in_flight"] == 0
         records = keyed(
             read_topic(later_kafka.bootstrap, Kafka.SEGMENTS, lambda r: len(keyed(r, agent.agent_id)) >= len(sent)),
@@ -347,20 +223,6 @@ def test_reconnects_after_mqtt_broker_restart(kafka: Tansu, tmp_path: Path) -> N
 # --- crash: redelivery from the persistent session ------------------------------------------
 
 
-def _metrics(port: int) -> dict[str, float]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as r:
-            text = r.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
 def _spawn_bridge(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as log:
         return subprocess.Popen(
@@ -388,19 +250,19 @@ def test_killed_bridge_gets_message_redelivered(mosquitto: Mosquitto, agent: Age
     first = _spawn_bridge(env, log_path)
     second = None
     try:
-        wait_until(lambda: _metrics(metrics_port).get("edgecap_bridge_mqtt_connected") == 1, 20, "first bridge")
+        wait_until(lambda: scrape(metrics_port).get("edgecap_bridge_mqtt_connected") == 1, 20, "first bridge")
         raw = encode(make_segment(agent.agent_id, 0))
         agent.publish(raw)
-        wait_until(lambda: _metrics(metrics_port).get("edgecap_bridge_received_total") == 1, 10, "receipt by bridge")
-        m = _metrics(metrics_port)
+        wait_until(lambda: scrape(metrics_port).get("edgecap_bridge_received_total") == 1, 10, "receipt by bridge")
+        m = scrape(metrics_port)
         assert m["edgecap_bridge_acknowledged_total"] == 0 and m["edgecap_bridge_in_flight"] == 1
         first.send_signal(signal.SIGKILL)
         first.wait(10)
 
         later_kafka.start()
         second = _spawn_bridge(env, log_path)
-        wait_until(lambda: agent.accepted() != set(), 30, "the receipt from the restarted bridge")
-        m = _metrics(metrics_port)
+        wait_until(lambda: bool(agent.accepted()), 30, "the receipt from the restarted bridge")
+        m = scrape(metrics_port)
         assert m["edgecap_bridge_received_total"] >= 1 and m["edgecap_bridge_acknowledged_total"] >= 1
         records = keyed(
             read_topic(later_kafka.bootstrap, Kafka.SEGMENTS, lambda r: bool(keyed(r, agent.agent_id))), agent.agent_id

@@ -36,7 +36,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from agents_sim import Fleet, Record, bridge_service, read_topic, scrape, sim_segment, wait_until
+from agents_sim import Fleet, bridge_service, sim_segment
+from support import Record, read_topic, scrape, wait_until
 
 from contracts import (
     DeadLetter,
@@ -250,7 +251,7 @@ def test_malformed_input_is_dead_lettered_without_slowing_valid_traffic(tmp_path
                 return [d for d in letters if d.agent_id in ATTACKERS]
 
             letters = mine(read_topic(kafka.bootstrap, KafkaTopic.DEADLETTER,
-                                      lambda r: len(mine(r)) >= MALFORMED, timeout_s=120))
+                                      lambda r: len(mine(r)) >= MALFORMED, timeout_s=120, linger_s=1.0))
             got = Counter(d.reason for d in letters)
             assert got == expected, f"dead letters by reason {dict(got)} != sent {dict(expected)}"
             assert all(d.detail for d in letters)
@@ -271,7 +272,7 @@ def test_malformed_input_is_dead_lettered_without_slowing_valid_traffic(tmp_path
                 seen.update(decode(v, Segment).segment_id for k, v in records if k and k.startswith(b"valid-"))
                 return committed <= seen
 
-            read_topic(kafka.bootstrap, KafkaTopic.SEGMENTS, all_valid, timeout_s=120)
+            read_topic(kafka.bootstrap, KafkaTopic.SEGMENTS, all_valid, timeout_s=120, linger_s=1.0)
             assert committed <= seen, f"{len(committed - seen)} valid segments missing in Kafka"
         finally:
             if attacker is not None:

@@ -7,7 +7,7 @@ SIGSTOP, for ``EDGECAP_TEST_KAFKA_DOWN_S``, 30 s by default: every request hangs
 refused, the hardest outage for a client to notice; then SIGCONT). Tansu is not restarted here: it
 loses a few records it had confirmed across a restart, even a graceful one on durable S3 storage
 (see the README's notes on the brokers), which would test Tansu, not the bridge. Downstream the
-real reconciler (``python -m cloud reconcile``) stores each draft from ``edgecap.drafts``.
+real reconciler (``python -m cloud reconcile``) stores each segment's draft from ``edgecap.segments``.
 
 Afterwards: every committed ``segment_id`` is in Kafka ``edgecap.segments`` (0 lost), duplicates
 are counted, the first occurrences keep each agent's ``seq`` order, every outbox is empty, and the
@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from agents_sim import Fleet, Record, Service, bridge_service, read_topic, reconcile_service, scrape, wait_until
+from agents_sim import Fleet, Service, bridge_service, reconcile_service
+from support import Record, read_topic, scrape, wait_until
 
 from contracts import Kafka, Segment, decode
 from edgecap.brokers import Mosquitto, Tansu, free_port
@@ -123,7 +124,7 @@ def finish_and_verify(r: Rig, started: float, feed_s: float) -> None:
             seen[segment.segment_id] = None
         return wanted <= seen.keys()
 
-    read_topic(r.kafka.bootstrap, Kafka.SEGMENTS, all_there, timeout_s=120)
+    read_topic(r.kafka.bootstrap, Kafka.SEGMENTS, all_there, timeout_s=120, linger_s=1.0)
     lost = wanted - seen.keys()
     assert not lost, f"{len(lost)} committed segments missing in Kafka, e.g. {sorted(lost)[:5]}"
     assert seen.keys() <= wanted, "segments in Kafka that no agent committed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_bridge_metrics import Agent, bridge_settings, make_segment, scrape, segment_seqs, unique, wait_until
+from support import Agent, bridge_settings, make_segment, scrape, segment_seqs, unique, wait_until
 
 from bridge.app import Bridge
 from contracts import encode

@@ -16,7 +16,7 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import Producer
-from test_bridge import bridge_settings, read_topic, unique, wait_until
+from support import bridge_settings, read_topic, unique, wait_until
 
 import contracts as c
 from bridge.app import Bridge

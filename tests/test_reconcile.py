@@ -15,12 +15,14 @@ from cloud.reconcile import Reconciler
 from cloud.settings import WorkerSettings
 from cloud.store import Store
 from contracts import (
+    Audio,
     CloudTranscript,
     DeadLetter,
     DecodeError,
     Draft,
     Final,
     Kafka,
+    Segment,
     Transcript,
     decode,
     encode,
@@ -230,6 +232,43 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
         assert seg is not None and seg["final"] is not None and seg["final"]["text"] == "My brother likes books."
     finally:
         restarted.close()
+
+
+@pytest.mark.integration
+def test_drafts_come_from_the_segments_the_bridge_forwards(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    """The bridge forwards segments as they came; the reconciler stores the draft each one carries,
+    skips a segment without one, and leaves an undecodable segment to the transcriber (no second
+    dead letter)."""
+    with_draft, without_draft = new_segment_id(), new_segment_id()
+    now = time.time()
+
+    def segment(segment_id: str, seq: int, text: str | None) -> bytes:
+        return encode(Segment(
+            agent_id=AGENT, segment_id=segment_id, seq=seq, started_at=now - 2, ended_at=now - 1,
+            audio=Audio(sample_rate=16000, data=bytes(32000)),
+            draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=now) if text else None,
+        ))
+
+    running = Running(settings, store)
+    try:
+        produce(kafka, [
+            (Kafka.SEGMENTS, segment(with_draft, 0, "the quick brown fox")),
+            (Kafka.SEGMENTS, segment(without_draft, 1, None)),
+            (Kafka.SEGMENTS, b'{"schema": "edgecap.segment.v1", "agent_id": '),
+        ])
+        running.wait_for("bad_segment", 1)  # (the topics hold earlier tests' records too: wait for ours)
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(with_draft, 0, "The quick brown fox.")))])
+        deadline = time.monotonic() + 20
+        while (seg := store.get(with_draft)) is None or seg["final"] is None:
+            assert time.monotonic() < deadline, "no final for the segment"
+            time.sleep(0.05)
+        assert seg is not None and seg["draft"] is not None and seg["draft"]["text"] == "the quick brown fox"
+        assert seg["final"] is not None and seg["final"]["text"] == "The quick brown fox."
+        assert store.get(without_draft) is None
+    finally:
+        running.close()
 
 
 @pytest.mark.integration
