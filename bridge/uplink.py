@@ -139,7 +139,9 @@ class Uplink:
         self._note_seen(item.segment_id, agent_id)
         # one record, the bytes as they came: the reconciler takes each segment's draft from
         # edgecap.segments itself (the bridge moves and checks, it does not reshape)
-        records = [(Kafka.FRAMES if isinstance(item, Frame) else Kafka.SEGMENTS, agent_id, raw)]
+        records: list[tuple[Kafka, str | None, bytes]] = [
+            (Kafka.FRAMES if isinstance(item, Frame) else Kafka.SEGMENTS, agent_id, raw)
+        ]
 
         def accepted() -> None:
             self.receipts.accept(item.agent_id, item.segment_id)
