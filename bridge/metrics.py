@@ -25,6 +25,9 @@ class Metrics:
         self.receipts = Counter(p + "receipts", "Receipts published to agents.", registry=r)
         self.receipt_ids = Counter(p + "receipt_ids", "Segment ids listed in receipts.", ["kind"], registry=r)
         self.duplicates = Counter(p + "duplicates", "Segments seen again within the window.", registry=r)
+        self.seq_regressions = Counter(
+            p + "seq_regressions", "New segments whose seq is not above the last one seen from their agent.", registry=r
+        )
         self.dead_lettered = Counter(p + "dead_lettered", "Refused inputs, by reason.", ["reason"], registry=r)
         self.delivery_failures = Counter(
             p + "delivery_failures", "Kafka deliveries that failed (each is produced again).", registry=r

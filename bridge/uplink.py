@@ -57,6 +57,7 @@ class Uplink:
         self._lock = threading.Lock()
         self._unacked: deque[_Pending] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
+        self._last_seq: OrderedDict[str, int] = OrderedDict()  # highest seq seen per agent, recent agents
         self._filters = [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)]
         self.connection = MqttConnection(
             settings.mqtt,
@@ -136,7 +137,7 @@ class Uplink:
         except Refused as refused:
             self._refuse(msg, raw, agent_id, refused)
             return
-        self._note_seen(item.segment_id, agent_id)
+        self._note_seen(item.segment_id, agent_id, item.seq)
         # one record, the bytes as they came: the reconciler takes each segment's draft from
         # edgecap.segments itself (the bridge moves and checks, it does not reshape)
         records: list[tuple[Kafka, str | None, bytes]] = [
@@ -164,7 +165,11 @@ class Uplink:
 
         self._forward(msg, [(Kafka.DEADLETTER, agent_id, encode(record))], rejected, f"dead letter from {msg.topic}")
 
-    def _note_seen(self, segment_id: str, agent_id: str) -> None:
+    def _note_seen(self, segment_id: str, agent_id: str, seq: int) -> None:
+        """Count replays (an id seen within the window) and sequence regressions (a new id whose seq
+        is not above the highest this replica saw from the agent: a resend this replica never saw,
+        after a failover, or a device whose outbox was reset). Both are forwarded: the store keeps
+        one row per id, and refusing a valid segment would lose it."""
         if segment_id in self._seen:
             self._seen.move_to_end(segment_id)
             self.metrics.duplicates.inc()
@@ -173,6 +178,16 @@ class Uplink:
         self._seen[segment_id] = None
         if len(self._seen) > self.settings.dedup_window:
             self._seen.popitem(last=False)
+        last = self._last_seq.get(agent_id)
+        if last is not None and seq <= last:
+            self.metrics.seq_regressions.inc()
+            log.debug("seq regression from %s: %s has seq %d, %d seen before (forwarded)", agent_id, segment_id,
+                      seq, last)
+            return
+        self._last_seq[agent_id] = seq
+        self._last_seq.move_to_end(agent_id)
+        if len(self._last_seq) > self.settings.dedup_window:
+            self._last_seq.popitem(last=False)
 
     def _forward(
         self,

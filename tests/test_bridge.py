@@ -154,6 +154,29 @@ def test_repeated_segment_is_forwarded_and_counted(mosquitto: Mosquitto, kafka: 
 
 
 @pytest.mark.integration
+def test_replays_and_seq_regressions_are_counted_and_forwarded(
+    mosquitto: Mosquitto, kafka: Tansu, agent: Agent
+) -> None:
+    """A replayed id counts as a duplicate; a new id with a seq at or below the agent's highest counts
+    as a regression (a resend after a failover, or a reset outbox); both still reach Kafka."""
+    with Bridge(bridge_settings(mosquitto, kafka.bootstrap)) as bridge:
+        assert bridge.wait_ready(10)
+        five, six, three, seven = (make_segment(agent.agent_id, seq) for seq in (5, 6, 3, 7))
+        sent = [encode(five), encode(six), encode(five), encode(three), encode(seven)]
+        for raw in sent:
+            agent.publish(raw)
+        wait_until(lambda: bridge.stats()["acknowledged"] == len(sent), 15, "every message acknowledged")
+        stats = bridge.stats()
+        assert (stats["duplicates"], stats["seq_regressions"]) == (1, 1)
+        records = keyed(
+            read_topic(kafka.bootstrap, Kafka.SEGMENTS, lambda r: len(keyed(r, agent.agent_id)) >= len(sent)),
+            agent.agent_id,
+        )
+        assert records == sent
+        wait_until(lambda: set(agent.accepted()) == {s.segment_id for s in (five, six, three, seven)}, 10, "receipts")
+
+
+@pytest.mark.integration
 def test_back_pressure_while_kafka_is_down(mosquitto: Mosquitto, agent: Agent) -> None:
     """With Kafka unreachable the bridge holds at most max_in_flight messages, then catches up."""
     later_kafka = Tansu(port=free_port())
