@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from support import keyed, read_topic, wait_until
 
 from contracts import DeadLetter, Frame, Image, Kafka, Reason, Up, decode, encode, mqtt_topic
 from edge_agent.outbox import Outbox
@@ -150,36 +150,9 @@ def test_bridge_validation_of_frames() -> None:
 # --- through the real brokers --------------------------------------------------------------
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 def read_keyed(bootstrap: str, topic: str, key: str, want: int, timeout_s: float = 20) -> list[bytes]:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
-    values: list[bytes] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        meta = None
-        while meta is None and time.monotonic() < deadline:
-            meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
-            meta = meta if meta is not None and not meta.error and meta.partitions else None
-        assert meta is not None, f"no topic {topic}"
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in meta.partitions])
-        while len(values) < want and time.monotonic() < deadline:
-            for m in consumer.consume(100, timeout=0.2):
-                if not m.error() and m.key() == key.encode():
-                    values.append(m.value() or b"")
-    finally:
-        consumer.close()
-    return values
+    """The values keyed ``key`` in ``topic``, once ``want`` are there (or the timeout)."""
+    return keyed(read_topic(bootstrap, topic, lambda r: len(keyed(r, key)) >= want, timeout_s=timeout_s), key)
 
 
 @pytest.mark.integration

@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from paho.mqtt.properties import Properties
+from support import wait_until
 
 from bridge.app import Bridge
 from bridge.devices import (
@@ -281,15 +282,6 @@ def connect(settings: MqttSettings, client_id: str) -> Client:
     paho.loop_start()
     assert connected.wait(10), f"{client_id} could not connect"
     return c
-
-
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def segment_ids_in_kafka(bootstrap: str, topic: str, must_see: set[str], idle_s: float = 1.5) -> set[str]:
