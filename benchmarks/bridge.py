@@ -250,7 +250,9 @@ def run(
     port = free_port()
     listener = f"listener {port} 127.0.0.1\nallow_anonymous true\n"
     config = listener + f"max_inflight_messages {inflight}\n"  # as deploy/mosquitto/mosquitto.conf
-    with Mosquitto(port, workdir / f"mq-{kind}-{replicas}-{size}", config) as mq, Tansu() as kafka:
+    # a fresh broker every run: a persistence file left by the run before would bring its sessions back
+    mq_dir = workdir / f"mq-{kind}-{replicas}-{size}-{time.monotonic_ns()}"
+    with Mosquitto(port, mq_dir, config) as mq, Tansu() as kafka:
         warm = Producer({"bootstrap.servers": kafka.bootstrap})
         for topic in (Kafka.SEGMENTS,):
             warm.produce(topic.value, b"warm-up")

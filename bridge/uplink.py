@@ -144,11 +144,14 @@ class Uplink:
             (Kafka.FRAMES if isinstance(item, Frame) else Kafka.SEGMENTS, agent_id, raw)
         ]
 
+        segment_id = item.segment_id  # the closure keeps the id, not the decoded audio, while in flight
+
         def accepted() -> None:
-            self.receipts.accept(item.agent_id, item.segment_id)
+            self.receipts.accept(agent_id, segment_id)
 
         kind = "frame" if isinstance(item, Frame) else "segment"
-        self._forward(msg, records, accepted, f"{kind} {item.segment_id} of {agent_id}")
+        del item
+        self._forward(msg, records, accepted, f"{kind} {segment_id} of {agent_id}")
 
     def _refuse(self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused) -> None:
         log.warning("refused message on %s: %s (%s)", msg.topic, refused.reason.value, refused.detail)

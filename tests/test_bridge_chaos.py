@@ -12,8 +12,8 @@ real reconciler (``python -m cloud reconcile``) stores each segment's draft from
 Afterwards: every committed ``segment_id`` is in Kafka ``edgecap.segments`` (0 lost), duplicates
 are counted, the first occurrences keep each agent's ``seq`` order, every outbox is empty, and the
 store holds exactly one row per ``segment_id`` (the reconciler stored each draft once and counted
-the duplicates). Sizes: ``EDGECAP_TEST_CHAOS_SEGMENTS`` (default 1500; the issue's proof is
-10000) at ``EDGECAP_TEST_CHAOS_RATE`` segments/s (default 100).
+the duplicates). Sizes: ``EDGECAP_TEST_CHAOS_SEGMENTS`` (default 10000, the issue's proof) at
+``EDGECAP_TEST_CHAOS_RATE`` segments/s (default 250).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from edgecap.brokers import Mosquitto, Tansu, free_port
 
 pytestmark = pytest.mark.integration
 
-SEGMENTS = int(os.environ.get("EDGECAP_TEST_CHAOS_SEGMENTS", "1500"))
-RATE = float(os.environ.get("EDGECAP_TEST_CHAOS_RATE", "100"))
+SEGMENTS = int(os.environ.get("EDGECAP_TEST_CHAOS_SEGMENTS", "10000"))
+RATE = float(os.environ.get("EDGECAP_TEST_CHAOS_RATE", "250"))
 KAFKA_DOWN_S = float(os.environ.get("EDGECAP_TEST_KAFKA_DOWN_S", "30"))
 AGENTS = 5
 MAX_IN_FLIGHT = 200
