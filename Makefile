@@ -10,6 +10,7 @@ APT_PACKAGES := mosquitto espeak-ng sox libsndfile1 chromium chromium-driver
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch is pinned first so the cloud extra's requirement is met by the CPU build (see README).
 TORCH_PIN  := torch==2.13.0
+PACKAGES   := contracts runtime edge_agent bridge cloud modelbuild devtools edgecap
 
 .PHONY: setup system venv models test test-fast lint demo clean
 
@@ -44,8 +45,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not integration and not e2e and not models"
 
 lint: setup
-	$(BIN)/ruff check contracts edge_agent bridge cloud edgecap tests benchmarks
-	$(BIN)/mypy contracts edge_agent bridge cloud edgecap
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks
+	$(BIN)/mypy $(PACKAGES)
 
 demo: models
 	$(BIN)/edgecap demo --models-dir "$(MODELS_DIR)" $(DEMO_ARGS)

@@ -51,8 +51,8 @@ from paho.mqtt.properties import Properties  # noqa: E402
 from bridge.app import producer_config  # noqa: E402
 from bridge.settings import BridgeSettings  # noqa: E402
 from contracts import Audio, Kafka, Segment, Transcript, Up, encode, mqtt_topic, shared_filter  # noqa: E402
-from contracts.settings import KafkaSettings, MqttSettings  # noqa: E402
-from edgecap.brokers import Mosquitto, Tansu, free_port  # noqa: E402
+from devtools.brokers import Mosquitto, Tansu, free_port  # noqa: E402
+from runtime.settings import KafkaSettings, MqttSettings  # noqa: E402
 
 SIZES = {"1k": 1024, "160k": 160 * 1024}
 _ID = re.compile(rb'"segment_id":"bench-(\d+)-(\d+)-(\d+)"')
@@ -249,7 +249,7 @@ def run(
     ctx = mp.get_context("fork")
     port = free_port()
     listener = f"listener {port} 127.0.0.1\nallow_anonymous true\n"
-    config = listener + f"max_inflight_messages {inflight}\n"  # as deploy/mosquitto/mosquitto.conf
+    config = listener + f"max_inflight_messages {inflight}\n"  # as edgecap/admin/mosquitto/mosquitto.conf
     # a fresh broker every run: a persistence file left by the run before would bring its sessions back
     mq_dir = workdir / f"mq-{kind}-{replicas}-{size}-{time.monotonic_ns()}"
     with Mosquitto(port, mq_dir, config) as mq, Tansu() as kafka:

@@ -51,8 +51,8 @@ def segments(workdir: Path) -> list[tuple[np.ndarray, str]]:
     """(float32 audio, reference text) per utterance, cut by the agent's VAD."""
     import soundfile as sf
 
+    from devtools.speech import sample_recording, synthesize
     from edge_agent.vad import VadSegmenter
-    from edgecap.speech import sample_recording, synthesize
 
     recordings = [sample_recording()]
     for voice, snr in (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0)):
@@ -139,7 +139,7 @@ def main() -> int:
         rss_child(args.rss_child, models_dir, Path(args.workdir))
         return 0
 
-    from edgecap.wer import wer
+    from devtools.wer import wer
 
     with tempfile.TemporaryDirectory(prefix="edgecap-asr-") as tmp:
         workdir = Path(tmp)

@@ -62,7 +62,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def make_recording(workdir: Path) -> Any:
-    from edgecap.speech import synthesize
+    from devtools.speech import synthesize
 
     rec = synthesize(SENTENCES, workdir / "talk.wav", voice="piper", gap_s=(0.9, 1.5), seed=11, lead_s=1.0)
     durations = [u.end_s - u.start_s for u in rec.utterances]
@@ -103,7 +103,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_agent(args: argparse.Namespace, rec: Any, workdir: Path) -> float:
-    from edgecap.brokers import Mosquitto
+    from devtools.brokers import Mosquitto
 
     with Mosquitto() as broker:
         config = agent_config(args, workdir, broker.port)
@@ -199,7 +199,7 @@ def main() -> int:
         for d in drafts:
             last_per_segment[d["segment_id"]] = d
         committed = sorted(last_per_segment.values(), key=lambda d: d["started_at"])
-        from edgecap.wer import wer
+        from devtools.wer import wer
 
         result = {
             "engine": args.engine,

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from edgecap.brokers import free_port
+from devtools.brokers import free_port
 
 
 def run_once(args: argparse.Namespace) -> dict[str, float]:

@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition  # noqa: E402
 
-from edgecap.brokers import Moto, Tansu  # noqa: E402
+from devtools.brokers import Moto, Tansu  # noqa: E402
 
 
 def run(kill: bool, workdir: Path) -> dict[str, object]:

@@ -6,7 +6,7 @@ import argparse
 
 from bridge.app import Bridge
 from bridge.settings import BridgeSettings
-from edgecap.service import add_common_options, prepare, stop_on_signals
+from runtime.service import add_common_options, prepare, stop_on_signals
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,8 +13,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bridge.metrics import Metrics
-from contracts.settings import MqttSettings
-from edgecap.mqttauth import apply_credentials
+from runtime.mqttauth import apply_credentials
+from runtime.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

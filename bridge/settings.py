@@ -6,7 +6,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from contracts.messages import DEFAULT_MAX_BYTES
-from contracts.settings import KafkaSettings, MqttSettings, ServiceSettings
+from runtime.settings import KafkaSettings, MqttSettings, ServiceSettings
 
 
 class BridgeSettings(ServiceSettings):

@@ -7,7 +7,7 @@ import logging
 
 from cloud.metrics import serve
 from cloud.settings import WorkerSettings
-from edgecap.service import add_common_options, prepare, stop_on_signals
+from runtime.service import add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,11 @@ import threading
 from confluent_kafka import Message
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.kafka_io import (
+from cloud.metrics import Tally
+from cloud.settings import WorkerSettings
+from cloud.store import Store
+from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
+from runtime.kafka import (
     Publisher,
     dead_letter,
     ensure_topics,
@@ -29,10 +33,6 @@ from cloud.kafka_io import (
     rewind,
     store_offsets,
 )
-from cloud.metrics import Tally
-from cloud.settings import WorkerSettings
-from cloud.store import Store
-from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
 
 log = logging.getLogger(__name__)
 

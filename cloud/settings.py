@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from contracts.settings import KafkaSettings, ServiceSettings
+from runtime.settings import KafkaSettings, ServiceSettings
 
 DEFAULT_STORE_URL = "sqlite:///edgecap.db"
 

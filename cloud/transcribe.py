@@ -21,7 +21,10 @@ from confluent_kafka import Message
 
 from cloud.asr import TranscriptionEngine, create_engine
 from cloud.audio import SAMPLE_RATE, to_float32
-from cloud.kafka_io import (
+from cloud.metrics import BATCH_SECONDS, BATCH_SIZE, Tally
+from cloud.settings import WorkerSettings
+from contracts import CloudTranscript, DecodeError, Kafka, Reason, Segment, Transcript, decode, encode
+from runtime.kafka import (
     Publisher,
     dead_letter,
     ensure_topics,
@@ -30,9 +33,6 @@ from cloud.kafka_io import (
     rewind,
     store_offsets,
 )
-from cloud.metrics import BATCH_SECONDS, BATCH_SIZE, Tally
-from cloud.settings import WorkerSettings
-from contracts import CloudTranscript, DecodeError, Kafka, Reason, Segment, Transcript, decode, encode
 
 log = logging.getLogger(__name__)
 

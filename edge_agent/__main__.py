@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
-from edgecap.logs import configure
-from edgecap.service import add_common_options, prepare, stop_on_signals
+from runtime.logs import configure
+from runtime.service import add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger("edge_agent")
 

@@ -30,10 +30,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from contracts import AgentConfig, DecodeError, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
-from contracts.settings import MqttSettings
 from edge_agent.health import Health
 from edge_agent.outbox import Entry, Outbox
-from edgecap.mqttauth import apply_credentials
+from runtime.mqttauth import apply_credentials
+from runtime.settings import MqttSettings
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from contracts.settings import Group, MqttSettings, ServiceSettings
 from edge_agent.quota import FullPolicy, Quota
+from runtime.settings import Group, MqttSettings, ServiceSettings
 
 
 class InputSettings(Group):

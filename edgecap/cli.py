@@ -14,10 +14,10 @@ SUBCOMMANDS = {
     "bridge": ("bridge.__main__", "run the MQTT <-> Kafka bridge"),
     "worker": ("cloud.__main__", "run a cloud worker: transcribe | reconcile"),
     "dashboard": ("cloud.dashboard.__main__", "serve the web dashboard"),
-    "models": ("edgecap.models.__main__", "prepare models offline: edgecap models prepare"),
+    "models": ("modelbuild.__main__", "prepare models offline: edgecap models prepare"),
     "demo": ("edgecap.demo", "run the whole pipeline locally on a sample recording"),
-    "devices": ("bridge.devices_cli", "add, remove, list devices at the MQTT broker; its CA and config"),
-    "config": ("cloud.agentconfig", "change settings of a running agent: edgecap config set AGENT_ID --muted true"),
+    "devices": ("edgecap.admin.devices_cli", "add, remove, list devices at the MQTT broker; its CA and config"),
+    "config": ("edgecap.admin.config", "change settings of a running agent: edgecap config set AGENT_ID --muted true"),
 }
 
 

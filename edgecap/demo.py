@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgecap.brokers import Mosquitto, Tansu, wait_for_port
-from edgecap.logs import configure
+from devtools import SAMPLES_DIR as SAMPLES
+from devtools.brokers import Mosquitto, Tansu, wait_for_port
+from runtime.logs import configure
 
 log = logging.getLogger("edgecap.demo")
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
 AGENT_ID = "demo-agent"
 
 
@@ -208,7 +208,7 @@ def summarize(
         ),
     }
     if reference is not None:
-        from edgecap.wer import wer
+        from devtools.wer import wer
 
         ref = reference.read_text(encoding="utf-8")
         summary["wer_draft"] = round(wer(ref, " ".join(d["text"] for d in ordered)), 4)
@@ -221,7 +221,7 @@ def summarize(
 
 def default_models_dir() -> str:
     try:
-        from edgecap.models.settings import ModelsSettings
+        from modelbuild.settings import ModelsSettings
 
         return str(ModelsSettings.load().dir)
     except ImportError:

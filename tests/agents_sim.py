@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 from contracts import Audio, Segment, Transcript, Up, encode, mqtt_topic, new_segment_id
-from contracts.settings import MqttSettings
 from edge_agent.link import MqttLink
 from edge_agent.outbox import Outbox
+from runtime.settings import MqttSettings
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecap.brokers import Mosquitto, Tansu
+from devtools.brokers import Mosquitto, Tansu
 
 REPO = Path(__file__).resolve().parent.parent
 

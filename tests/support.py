@@ -18,8 +18,8 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from bridge.settings import BridgeSettings
 from contracts import Audio, Down, Kafka, Receipt, Segment, Transcript, Up, decode, mqtt_topic, new_segment_id
-from contracts.settings import KafkaSettings, MqttSettings
-from edgecap.brokers import Mosquitto
+from devtools.brokers import Mosquitto
+from runtime.settings import KafkaSettings, MqttSettings
 
 Record = tuple[bytes | None, bytes]
 

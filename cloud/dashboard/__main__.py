@@ -9,7 +9,7 @@ import uvicorn
 
 from cloud.dashboard.app import create_app
 from cloud.settings import DashboardSettings
-from edgecap.service import add_common_options, prepare
+from runtime.service import add_common_options, prepare
 
 log = logging.getLogger(__name__)
 

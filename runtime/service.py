@@ -1,0 +1,87 @@
+"""What every service's command line shares: ``--config``/``--check-config``/``--debug``, settings, signals."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from runtime.logs import configure
+from runtime.settings import ConfigError, ServiceSettings
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+_SECRET_KEY = re.compile(r"password|secret|token|credential", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="TOML settings file (environment variables override it)")
+    parser.add_argument("--check-config", action="store_true", help="validate the settings, show them, exit")
+    parser.add_argument("--debug", action="store_true", help="log at debug level")
+
+
+def load_settings(cls: type[S], args: argparse.Namespace) -> S | None:
+    """The settings, or None after writing the reason to stderr."""
+    try:
+        return cls.load(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return None
+
+
+def prepare(cls: type[S], args: argparse.Namespace, service: str, adjust: Callable[[S], S] | None = None) -> S | int:
+    """Configure logging as ``service`` and load its settings (``adjust`` may amend them): the
+    settings to run with, or the exit code when the command is done already: 2 after bad settings
+    (the reason on stderr), 0 after ``--check-config`` showed them."""
+    configure(args.debug, service)
+    settings = load_settings(cls, args)
+    if settings is None:
+        return 2
+    if adjust is not None:
+        settings = adjust(settings)
+    if args.check_config:
+        show_settings(settings)
+        return 0
+    return settings
+
+
+def redacted(settings: ServiceSettings) -> dict[str, Any]:
+    """The settings as JSON data, without passwords (SecretStr, URL passwords, secret-looking keys)."""
+
+    def scrub(value: Any, key: str = "") -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, k) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v) for v in value]
+        if isinstance(value, str) and _SECRET_KEY.search(key):
+            return "**********"
+        if isinstance(value, str) and "://" in value:
+            return _URL_PASSWORD.sub(r"\1***@", value)
+        return value
+
+    return scrub(settings.model_dump(mode="json"))
+
+
+def show_settings(settings: ServiceSettings) -> None:
+    sys.stdout.write(json.dumps(redacted(settings), indent=2, sort_keys=True) + "\n")
+
+
+def stop_on_signals() -> threading.Event:
+    """One event that SIGTERM and SIGINT set; every loop of the process watches it."""
+    stop = threading.Event()
+
+    def handle(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stop

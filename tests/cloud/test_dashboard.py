@@ -1,0 +1,136 @@
+"""The dashboard: its JSON API over a real SQLite store, and its page rendered by a real headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+from fastapi.testclient import TestClient
+
+from cloud.dashboard import create_app
+from cloud.settings import DashboardSettings
+from cloud.store import Store
+from contracts import CloudTranscript, Draft, Transcript, new_segment_id
+from devtools.brokers import free_port, wait_for_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+T0 = time.time() - 60
+
+DRAFT_ONLY = "please bring a warm coat"
+DRAFT_OF_FINAL = "the old farmer walk slowly"
+FINAL = "The old farmer walked slowly."
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
+    finished, pending = new_segment_id(), new_segment_id()
+    for seq, sid, text in ((0, finished, DRAFT_OF_FINAL), (1, pending, DRAFT_ONLY)):
+        s.upsert_draft(
+            Draft(
+                agent_id="pi-7",
+                segment_id=sid,
+                seq=seq,
+                started_at=T0 + seq * 5,
+                ended_at=T0 + seq * 5 + 3,
+                draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 5 + 3.2),
+            )
+        )
+    s.record_final(
+        CloudTranscript(
+            agent_id="pi-7",
+            segment_id=finished,
+            seq=0,
+            started_at=T0,
+            ended_at=T0 + 3,
+            transcript=Transcript(text=FINAL, model_id="whisper-tiny.en-hf", produced_at=T0 + 4),
+            worker="w1",
+        )
+    )
+    s.ids = {"final": finished, "draft": pending}  # type: ignore[attr-defined]
+    yield s
+    s.close()
+
+
+def test_api(store: Store) -> None:
+    client = TestClient(create_app(DashboardSettings(), store=store))
+    segments = client.get("/api/segments").json()
+    assert [s["segment_id"] for s in segments] == [store.ids["draft"], store.ids["final"]]  # newest first
+    pending, finished = segments
+    assert pending["final"] is None and pending["draft"]["text"] == DRAFT_ONLY
+    assert set(pending) == {"segment_id", "agent_id", "seq", "started_at", "ended_at", "draft", "final"}
+    assert finished["draft"] == {
+        "text": DRAFT_OF_FINAL,
+        "model_id": "whisper-tiny.en-int8-onnx",
+        "produced_at": pytest.approx(T0 + 3.2),
+    }
+    assert finished["final"]["text"] == FINAL
+    assert (finished["final"]["source"], finished["final"]["version"]) == ("cloud", 2)
+    assert set(finished["final"]) == {"text", "model_id", "source", "version", "produced_at", "stored_at"}
+
+    assert [s["seq"] for s in client.get("/api/segments", params={"limit": 1}).json()] == [1]
+    assert client.get("/api/segments", params={"agent_id": "nobody"}).json() == []
+    assert client.get("/api/segments", params={"limit": 0}).status_code == 422
+    assert client.get("/api/stats").json() == {"segments": 2, "drafts": 2, "finals": 1}
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "/static/app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+
+
+@pytest.fixture
+def served(store: Store) -> Iterator[str]:
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(DashboardSettings(), store=store), host="127.0.0.1", port=port, log_config=None)
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_for_port(port, 10)
+    yield f"http://127.0.0.1:{port}/"
+    server.should_exit = True
+    thread.join(10)
+
+
+def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    if not Path(CHROMIUM).exists():
+        pytest.skip("chromium is not installed (Debian package chromium)")
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--virtual-time-budget=5000",
+        *args,
+        url,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+
+
+def test_page_renders_drafts_and_finals_in_chromium(store: Store, served: str, tmp_path: Path) -> None:
+    result = chromium(tmp_path, served, "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert DRAFT_ONLY in dom and DRAFT_OF_FINAL in dom
+    assert "walked" in dom and "farmer" in dom  # the final, its changed words marked
+    assert "<mark>walked</mark>" in dom
+    rows = dict(re.findall(r'<tr data-segment-id="([^"]+)"[^>]*data-state="(\w+)"', dom))
+    assert rows == {store.ids["final"]: "final", store.ids["draft"]: "draft"}
+    assert dom.index(store.ids["draft"]) < dom.index(store.ids["final"])  # newest first
+    assert 'id="stat-finals">1<' in dom

@@ -1,0 +1,311 @@
+"""The reconciler against a real Kafka-protocol broker (Tansu) and a real SQLite store."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from cloud.reconcile import Reconciler
+from cloud.settings import WorkerSettings
+from cloud.store import Store
+from contracts import (
+    Audio,
+    CloudTranscript,
+    DeadLetter,
+    DecodeError,
+    Draft,
+    Final,
+    Kafka,
+    Segment,
+    Transcript,
+    decode,
+    encode,
+    new_segment_id,
+)
+from devtools.brokers import Tansu
+from runtime.settings import KafkaSettings
+
+AGENT = "pi-reconcile"
+
+
+def draft(segment_id: str, seq: int, text: str) -> Draft:
+    now = time.time()
+    return Draft(
+        agent_id=AGENT,
+        segment_id=segment_id,
+        seq=seq,
+        started_at=now - 3,
+        ended_at=now - 1,
+        draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=now),
+    )
+
+
+def transcript(segment_id: str, seq: int, text: str) -> CloudTranscript:
+    now = time.time()
+    return CloudTranscript(
+        agent_id=AGENT,
+        segment_id=segment_id,
+        seq=seq,
+        started_at=now - 3,
+        ended_at=now - 1,
+        transcript=Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=now),
+        worker="test",
+    )
+
+
+def produce(kafka: Tansu, records: list[tuple[str, bytes]]) -> None:
+    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": "all", "enable.idempotence": True})
+    for topic, value in records:
+        producer.produce(topic, value=value, key=AGENT.encode())
+    assert producer.flush(10) == 0
+
+
+class TopicReader:
+    """Reads a topic from the beginning with its own consumer group."""
+
+    def __init__(self, kafka: Tansu, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": kafka.bootstrap,
+                "group.id": f"test-reader-{uuid.uuid4()}",
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": 2000,
+                "heartbeat.interval.ms": 500,
+            }
+        )
+        self.consumer.subscribe([topic])
+        self.values: list[bytes] = []
+
+    def read_until(self, done: Callable[[list[bytes]], bool], timeout_s: float) -> list[bytes]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(self.values):
+            msg = self.consumer.poll(0.2)
+            if msg is not None and msg.error() is None:
+                self.values.append(msg.value())
+        return self.values
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class Running:
+    """A reconciler in a thread."""
+
+    def __init__(self, settings: WorkerSettings, store: Store) -> None:
+        self.reconciler = Reconciler(settings, store)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.reconciler.run, args=(self.stop,), daemon=True)
+        self.thread.start()
+
+    def wait_for(self, outcome: str, n: int, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.reconciler.tally[outcome] < n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.reconciler.tally[outcome] >= n, dict(self.reconciler.tally.counts)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(20)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def settings(kafka: Tansu) -> WorkerSettings:
+    return WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap),
+        group=f"edgecap-reconcile-test-{uuid.uuid4()}",
+        session_timeout_ms=2000,
+        topic_partitions=3,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
+    yield s
+    s.close()
+
+
+def finals_for(values: list[bytes], ids: set[str]) -> list[Final]:
+    """This test's finals; the topic is shared with other tests, some of which write garbage to it."""
+    finals = []
+    for value in values:
+        try:
+            final = decode(value, Final)
+        except DecodeError:
+            continue
+        if final.segment_id in ids:
+            finals.append(final)
+    return finals
+
+
+@pytest.mark.integration
+def test_reconciler_stores_and_publishes_one_final_per_segment(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    ids = [new_segment_id() for _ in range(3)]
+    garbage = b'{"schema": "edgecap.transcript.v1", "agent_id": "pi-reconcile"'
+    finals_reader = TopicReader(kafka, Kafka.FINALS)
+    dead_reader = TopicReader(kafka, Kafka.DEADLETTER)
+    running = Running(settings, store)
+    try:
+        # Drafts and transcripts travel on different topics, so each step waits for the one before.
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(ids[0], 0, "The old farmer walked.")))])
+        running.wait_for("final", 1)  # a transcript before its draft
+        produce(
+            kafka,
+            [
+                (Kafka.DRAFTS, encode(draft(ids[0], 0, "the old farmer walk"))),
+                (Kafka.DRAFTS, encode(draft(ids[1], 1, "she opened the window"))),
+                (Kafka.DRAFTS, encode(draft(ids[2], 2, "please bring a coat"))),
+            ],
+        )
+        running.wait_for("draft", 3)
+        produce(
+            kafka,
+            [
+                (Kafka.TRANSCRIPTS, encode(transcript(ids[1], 1, "She opened the window."))),
+                (Kafka.TRANSCRIPTS, garbage),
+                (Kafka.TRANSCRIPTS, encode(transcript(ids[2], 2, ""))),  # cloud heard nothing: draft stays
+                (Kafka.TRANSCRIPTS, encode(transcript(ids[1], 1, "She opened the window."))),  # duplicate
+            ],
+        )
+        running.wait_for("final", 3)
+        running.wait_for("duplicate_transcript", 1)
+        running.wait_for("dead_letter", 1)
+
+        wanted = set(ids)
+        finals_reader.read_until(lambda v: len(finals_for(v, wanted)) >= 3, 20)
+        finals = {f.segment_id: f for f in finals_for(finals_reader.values, wanted)}
+        assert set(finals) == wanted
+        assert (finals[ids[0]].text, finals[ids[0]].source, finals[ids[0]].version) == (
+            "The old farmer walked.",
+            "cloud",
+            2,
+        )
+        assert finals[ids[1]].draft_text == "she opened the window"
+        assert (finals[ids[2]].text, finals[ids[2]].source) == ("please bring a coat", "edge")
+
+        for sid in ids:
+            seg = store.get(sid)
+            assert seg is not None and seg["final"] is not None
+            assert seg["final"]["text"] == finals[sid].text
+        late = store.get(ids[0])
+        assert late is not None and late["draft"] is not None and late["draft"]["text"] == "the old farmer walk"
+
+        dead = [
+            decode(v, DeadLetter)
+            for v in dead_reader.read_until(lambda v: any(decode(x, DeadLetter).payload == garbage for x in v), 20)
+        ]
+        mine = [d for d in dead if d.payload == garbage]
+        assert len(mine) == 1 and mine[0].reason == "bad_json" and Kafka.TRANSCRIPTS in mine[0].source
+
+        # A transcript duplicated after its final went out changes nothing and publishes nothing.
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(ids[0], 0, "a second opinion")))])
+        running.wait_for("duplicate_transcript", 2)
+        finals_reader.read_until(lambda v: False, 3)  # anything more would arrive by now
+        counted = [f.segment_id for f in finals_for(finals_reader.values, wanted)]
+        assert sorted(counted) == sorted(ids), "exactly one Final per segment"
+        seg = store.get(ids[0])
+        assert seg is not None and seg["final"] is not None and seg["final"]["text"] == "The old farmer walked."
+    finally:
+        running.close()
+        finals_reader.close()
+        dead_reader.close()
+
+    # A restarted reconciler in the same group resumes after the committed offsets.
+    restarted = Running(settings, store)
+    try:
+        new_id = new_segment_id()
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(new_id, 3, "My brother likes books.")))])
+        restarted.wait_for("final", 1)
+        time.sleep(1)
+        tally = restarted.reconciler.tally
+        assert tally["final"] == 1 and tally["duplicate_transcript"] == 0 and tally["dead_letter"] == 0
+        seg = store.get(new_id)
+        assert seg is not None and seg["final"] is not None and seg["final"]["text"] == "My brother likes books."
+    finally:
+        restarted.close()
+
+
+@pytest.mark.integration
+def test_drafts_come_from_the_segments_the_bridge_forwards(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    """The bridge forwards segments as they came; the reconciler stores the draft each one carries,
+    skips a segment without one, and leaves an undecodable segment to the transcriber (no second
+    dead letter)."""
+    with_draft, without_draft = new_segment_id(), new_segment_id()
+    now = time.time()
+
+    def segment(segment_id: str, seq: int, text: str | None) -> bytes:
+        return encode(Segment(
+            agent_id=AGENT, segment_id=segment_id, seq=seq, started_at=now - 2, ended_at=now - 1,
+            audio=Audio(sample_rate=16000, data=bytes(32000)),
+            draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=now) if text else None,
+        ))
+
+    running = Running(settings, store)
+    try:
+        produce(kafka, [
+            (Kafka.SEGMENTS, segment(with_draft, 0, "the quick brown fox")),
+            (Kafka.SEGMENTS, segment(without_draft, 1, None)),
+            (Kafka.SEGMENTS, b'{"schema": "edgecap.segment.v1", "agent_id": '),
+        ])
+        running.wait_for("bad_segment", 1)  # (the topics hold earlier tests' records too: wait for ours)
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(with_draft, 0, "The quick brown fox.")))])
+        deadline = time.monotonic() + 20
+        while (seg := store.get(with_draft)) is None or seg["final"] is None:
+            assert time.monotonic() < deadline, "no final for the segment"
+            time.sleep(0.05)
+        assert seg is not None and seg["draft"] is not None and seg["draft"]["text"] == "the quick brown fox"
+        assert seg["final"] is not None and seg["final"]["text"] == "The quick brown fox."
+        assert store.get(without_draft) is None
+    finally:
+        running.close()
+
+
+@pytest.mark.integration
+def test_final_stored_but_never_published_is_sent_on_redelivery(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    sid = new_segment_id()
+    t = transcript(sid, 0, "After dinner the children played.")
+    assert store.record_final(t) is not None  # as if a reconciler crashed before producing the Final
+    produce(kafka, [(Kafka.TRANSCRIPTS, encode(t))])
+
+    reader = TopicReader(kafka, Kafka.FINALS)
+    running = Running(settings, store)
+    try:
+        running.wait_for("republished_final", 1)
+        values = reader.read_until(lambda v: bool(finals_for(v, {sid})), 20)
+        finals = finals_for(values, {sid})
+        assert len(finals) == 1 and finals[0].text == "After dinner the children played."
+        assert store.unpublished_final(sid) is None
+    finally:
+        running.close()
+        reader.close()
+
+
+@pytest.mark.parametrize("worker", ["transcribe", "reconcile"])
+def test_check_config_validates_and_hides_secrets(
+    worker: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cloud.__main__ import main
+
+    monkeypatch.setenv("EDGECAP_WORKER_STORE_URL", "postgresql://edgecap:hunter2@db:5432/edgecap")
+    monkeypatch.setenv("EDGECAP_WORKER_KAFKA__EXTRA", '{"sasl.password": "hunter2"}')
+    monkeypatch.setenv("EDGECAP_WORKER_BATCH_SIZE", "4")
+    assert main([worker, "--check-config"]) == 0
+    out = capsys.readouterr().out
+    assert '"batch_size": 4' in out and "db:5432" in out and "hunter2" not in out
+
+    monkeypatch.setenv("EDGECAP_WORKER_BATCH_SIZE", "0")
+    assert main([worker, "--check-config"]) == 2
+    assert "batch_size" in capsys.readouterr().err

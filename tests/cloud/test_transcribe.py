@@ -1,0 +1,174 @@
+"""The transcription worker with real Whisper tiny.en weights on a real recording, through real Kafka."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+import wave
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from cloud.asr import TranscriptionEngine, create_engine
+from cloud.audio import to_float32
+from cloud.settings import WorkerSettings
+from cloud.transcribe import TranscribeWorker
+from contracts import Audio, CloudTranscript, DeadLetter, Kafka, Segment, Transcript, decode, encode, new_segment_id
+from devtools.brokers import Tansu
+from runtime.settings import KafkaSettings
+
+SAMPLES = Path(__file__).resolve().parents[2] / "devtools" / "samples"
+AGENT = "pi-transcribe"
+
+try:
+    from devtools.wer import wer
+except ImportError:  # pragma: no cover - the shared WER module is another engineer's
+
+    def wer(reference: str, hypothesis: str) -> float:
+        ref = "".join(c for c in reference.lower() if c.isalnum() or c.isspace()).split()
+        hyp = "".join(c for c in hypothesis.lower() if c.isalnum() or c.isspace()).split()
+        d = list(range(len(hyp) + 1))
+        for i, r in enumerate(ref, 1):
+            prev, d[0] = d[0], i
+            for j, h in enumerate(hyp, 1):
+                prev, d[j] = d[j], min(d[j] + 1, d[j - 1] + 1, prev + (r != h))
+        return d[-1] / max(1, len(ref))
+
+
+def utterances() -> list[tuple[str, np.ndarray]]:
+    """(reference text, PCM16 samples) of each utterance of the bundled sample."""
+    wav_path, meta_path = SAMPLES / "sample.wav", SAMPLES / "sample.json"
+    if not (wav_path.exists() and meta_path.exists()):
+        pytest.skip(f"sample recording missing in {SAMPLES}")
+    meta = json.loads(meta_path.read_text())
+    with wave.open(str(wav_path)) as w:
+        assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    return [(u["text"], pcm[int(u["start_s"] * 16000) : int(u["end_s"] * 16000)]) for u in meta["utterances"]]
+
+
+def segment(seq: int, pcm: np.ndarray, sample_rate: int = 16000, channels: int = 1) -> Segment:
+    now = time.time()
+    return Segment(
+        agent_id=AGENT,
+        segment_id=new_segment_id(),
+        seq=seq,
+        started_at=now - pcm.size / sample_rate / channels,
+        ended_at=now,
+        audio=Audio(sample_rate=sample_rate, channels=channels, data=pcm.astype("<i2").tobytes()),
+        draft=Transcript(text="draft", model_id="whisper-tiny.en-int8-onnx", produced_at=now),
+    )
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[Tansu]:
+    """A broker of this module's own, so that no other test's segments join (and reshape) its batches."""
+    with Tansu() as b:
+        yield b
+
+
+@pytest.fixture(scope="module")
+def engine(models_dir: Path) -> TranscriptionEngine:
+    hf = models_dir / "tiny.en" / "hf"
+    if not (hf / "config.json").exists():
+        pytest.skip(f"no Hugging Face checkpoint at {hf}: run `edgecap models prepare`")
+    return create_engine(WorkerSettings(model_dir=hf, threads=2))
+
+
+def read(broker: Tansu, topic: str, want: int, ids: set[str] | None, timeout_s: float) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"test-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 2000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
+    consumer.subscribe([topic])
+    got: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    try:
+        while len(got) < want and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            if ids is None or decode(msg.value()).segment_id in ids:
+                got.append(msg.value())
+    finally:
+        consumer.close()
+    return got
+
+
+@pytest.mark.models
+def test_engine_transcribes_a_batch_in_order(engine: TranscriptionEngine) -> None:
+    items = utterances()[:3]
+    audios = [to_float32(Audio(sample_rate=16000, data=pcm.tobytes())) for _, pcm in items]
+    audios.insert(1, np.zeros(0, dtype=np.float32))  # an empty segment gives empty text, not an error
+    out = engine.transcribe_batch(audios)
+    assert [t.text for t in out][1] == ""
+    del out[1]
+    for (reference, _), t in zip(items, out, strict=True):
+        assert wer(reference, t.text) <= 0.15, (reference, t.text)
+        assert t.model_id == "whisper-tiny.en-hf" and t.language == "en"
+
+
+@pytest.mark.integration
+@pytest.mark.models
+def test_worker_batches_segments_and_dead_letters_garbage(broker: Tansu, engine: TranscriptionEngine) -> None:
+    items = utterances()
+    first = [segment(i, pcm) for i, (_, pcm) in enumerate(items[:3])]
+    garbage = b"\x00\x01 definitely not a segment"
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": True})
+    producer.produce(Kafka.SEGMENTS, value=garbage, key=AGENT.encode())
+    for s in first:
+        producer.produce(Kafka.SEGMENTS, value=encode(s), key=AGENT.encode())
+    assert producer.flush(10) == 0
+
+    settings = WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
+        group=f"edgecap-transcribe-test-{uuid.uuid4()}",
+        session_timeout_ms=2000,
+        topic_partitions=2,
+        batch_size=8,
+        max_wait_ms=500,
+        worker_name="test-worker",
+    )
+    worker = TranscribeWorker(settings, engine)
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        ids = {s.segment_id for s in first}
+        out = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 3, ids, 60)]
+        assert sorted(t.segment_id for t in out) == sorted(ids)
+        by_id = {t.segment_id: t for t in out}
+        for s, (reference, _) in zip(first, items[:3], strict=True):
+            t = by_id[s.segment_id]
+            assert (t.agent_id, t.seq, t.started_at, t.worker) == (AGENT, s.seq, s.started_at, "test-worker")
+            assert wer(reference, t.transcript.text) <= 0.15, (reference, t.transcript.text)
+        assert len({t.transcript.produced_at for t in out}) == 1, "all three came from one engine call"
+
+        dead = [decode(v, DeadLetter) for v in read(broker, Kafka.DEADLETTER, 1, None, 20)]
+        assert len(dead) == 1 and dead[0].payload == garbage and dead[0].reason == "bad_json"
+        assert dead[0].agent_id == AGENT and Kafka.SEGMENTS in dead[0].source
+        assert worker.tally["dead_letter"] == 1
+
+        # The worker goes on: a later segment, 8 kHz stereo this time, is transcribed too.
+        reference, pcm16k = items[3]
+        pcm8k = pcm16k[::2]
+        late = segment(3, np.repeat(pcm8k, 2), sample_rate=8000, channels=2)
+        producer.produce(Kafka.SEGMENTS, value=encode(late), key=AGENT.encode())
+        assert producer.flush(10) == 0
+        got = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 1, {late.segment_id}, 60)]
+        assert len(got) == 1 and wer(reference, got[0].transcript.text) <= 0.25, got
+        assert worker.tally["transcribed"] == 4
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

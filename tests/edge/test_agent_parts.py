@@ -1,0 +1,98 @@
+"""Agent pieces without a network: settings, captions, capture."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.capture import FileSource, load_audio, resample
+from edge_agent.settings import AgentSettings
+from runtime.settings import ConfigError
+
+SAMPLE = Path(__file__).resolve().parents[2] / "devtools" / "samples" / "sample.wav"
+
+
+def test_settings_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('agent_id = "pi-7"\n[mqtt]\nport = 1999\n[vad]\naggressiveness = 3\n')
+    s = AgentSettings.load(cfg)
+    assert (s.agent_id, s.mqtt.port, s.vad.aggressiveness) == ("pi-7", 1999, 3)
+    monkeypatch.setenv("EDGECAP_AGENT_MQTT__PORT", "2001")
+    assert AgentSettings.load(cfg).mqtt.port == 2001  # environment beats the file
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['nonsense = 1\n', '[vad]\naggressiveness = 9\n', 'agent_id = "a/b"\n', '[mqtt]\nusername = "other"\n'],
+)
+def test_bad_settings_are_refused_with_a_reason(tmp_path: Path, text: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(text)
+    with pytest.raises(ConfigError, match="AgentSettings"):
+        AgentSettings.load(cfg)
+
+
+def test_check_config_cli(tmp_path: Path) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text('agent_id = "pi-9"\n')
+    ok = subprocess.run([sys.executable, "-m", "edge_agent", "--config", str(cfg), "--check-config"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["agent_id"] == "pi-9"
+    cfg.write_text("bogus = true\n")
+    bad = subprocess.run([sys.executable, "-m", "edge_agent", "--config", str(cfg), "--check-config"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "bogus" in bad.stderr
+
+
+def test_load_audio_converts_rate_and_channels(tmp_path: Path) -> None:
+    sf = pytest.importorskip("soundfile")
+    t = np.arange(44100) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    sf.write(tmp_path / "st.flac", np.stack([tone, tone], axis=1), 44100)
+    pcm = load_audio(tmp_path / "st.flac")
+    assert pcm.dtype == np.int16 and abs(pcm.size - 16000) <= 1
+    spectrum = np.abs(np.fft.rfft(pcm.astype(np.float32)))
+    assert abs(int(np.argmax(spectrum)) * 16000 / pcm.size - 440) < 3
+    assert resample(np.ones(10, np.float32), 16000, 16000).size == 10
+
+
+def test_bad_audio_file_is_a_clear_error(tmp_path: Path) -> None:
+    from edge_agent.capture import CaptureError
+
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF not really")
+    with pytest.raises(CaptureError, match="cannot read"):
+        load_audio(junk)
+
+
+def test_file_source_chunks_cover_the_file_with_capture_times() -> None:
+    src = FileSource(SAMPLE, realtime=False, chunk_ms=30)
+    chunks = list(src.chunks(threading.Event()))
+    total = sum(len(pcm) for pcm, _ in chunks) // 2
+    assert total == src.samples.size
+    times = [t for _, t in chunks]
+    assert all(b - a == pytest.approx(0.03, abs=1e-6) for a, b in zip(times, times[1:], strict=False))
+
+
+def test_edge_install_stays_small() -> None:
+    """The device needs no torch or transformers: not in the extra, and not imported by the agent."""
+    import tomllib
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    edge = " ".join(extras["project"]["optional-dependencies"]["edge"]).lower()
+    assert "torch" not in edge and "transformers" not in edge
+    code = (
+        "import sys, edge_agent.agent, edge_agent.__main__; "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers', 'sqlalchemy')); "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
