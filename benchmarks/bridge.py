@@ -48,7 +48,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
-from bridge.app import producer_config  # noqa: E402
+from bridge.app import uplink_producer_config  # noqa: E402
 from bridge.settings import BridgeSettings  # noqa: E402
 from contracts import Audio, Kafka, Segment, Transcript, Up, encode, mqtt_topic, shared_filter  # noqa: E402
 from devtools.brokers import Mosquitto, Tansu, free_port  # noqa: E402
@@ -112,7 +112,7 @@ def anchor_main(mqtt_port: int, bootstrap: str, group: str) -> int:
     s = BridgeSettings.load(
         mqtt=MqttSettings(port=mqtt_port), kafka=KafkaSettings(bootstrap_servers=bootstrap), downlink=False
     )
-    config = producer_config(s)  # the bridge's durability, batching and compression, minus its
+    config = uplink_producer_config(s)  # the bridge's durability, batching and compression, minus its
     for key in ("logger", "enable.gapless.guarantee", "max.in.flight.requests.per.connection"):  # ordering
         config.pop(key)
     producer = Producer(config)

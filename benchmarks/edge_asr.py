@@ -1,6 +1,6 @@
 """Our int8 ONNX Whisper vs faster-whisper int8 greedy: the same tiny.en weights, the same segments.
 
-    .venv/bin/python benchmarks/edge_asr.py [--reps 3] [--models-dir .cache/models]
+    .venv/bin/python benchmarks/edge_asr.py [--reps 3] [--models-dir DIR]
 
 Recordings: the bundled sample plus generated ones (Piper and espeak, clean and at 20 dB SNR),
 cut into per-utterance segments by the agent's own VAD (what the agent feeds the model). Both
@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edge_agent.settings import AsrSettings
+from runtime.settings import models_dir as default_models_dir
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -52,7 +53,7 @@ def segments(workdir: Path) -> list[tuple[np.ndarray, str]]:
     import soundfile as sf
 
     from devtools.speech import sample_recording, synthesize
-    from edge_agent.vad import VadSegmenter
+    from edge_agent.vad import WebrtcSegmenter
 
     recordings = [sample_recording()]
     for voice, snr in (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0)):
@@ -61,7 +62,7 @@ def segments(workdir: Path) -> list[tuple[np.ndarray, str]]:
     out = []
     for rec in recordings:
         pcm = sf.read(str(rec.path), dtype="int16")[0].tobytes()
-        vad = VadSegmenter()
+        vad = WebrtcSegmenter()
         for seg in vad.feed(pcm, 0.0) + vad.flush():
             texts = [u.text for u in rec.utterances if u.start_s < seg.ended_at and u.end_s > seg.started_at]
             out.append((np.frombuffer(seg.pcm, np.int16).astype(np.float32) / 32768.0, " ".join(texts)))
@@ -130,7 +131,7 @@ def rss_child(engine: str, models_dir: Path, workdir: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--models-dir", default=os.environ.get("EDGECAP_MODELS_DIR", str(REPO / ".cache" / "models")))
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--rss-child", choices=["ours", "faster_whisper"], help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()

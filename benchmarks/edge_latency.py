@@ -1,7 +1,7 @@
 """End of an utterance → its caption on the device, through the real agent process, in real time.
 
     .venv/bin/python benchmarks/edge_latency.py [--engine webrtc|silero] [--pause-ms 150]
-        [--early-window-s 10 | --full-window] [--models-dir .cache/models]
+        [--early-window-s 10 | --full-window] [--models-dir DIR]
 
 Makes a Piper recording of 16 utterances of 1-10 s with reference timings, starts mosquitto and
 ``python -m edge_agent --input <wav>`` (real-time pacing, pinned to 2 cores with ``taskset -c 0,1``
@@ -31,6 +31,9 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from edge_agent.vad import ENGINES as VAD_ENGINES  # noqa: E402
+from runtime.settings import models_dir as default_models_dir  # noqa: E402
 
 SENTENCES = [
     "Good morning.",
@@ -145,12 +148,12 @@ def recording_start(args: argparse.Namespace, rec: Any, drafts: list[dict[str, A
     import soundfile as sf
 
     from edge_agent.settings import VadSettings
-    from edge_agent.vad import make_segmenter
+    from edge_agent.vad import create_segmenter
 
     settings = {"engine": args.engine, "pause_ms": args.pause_ms}
     if args.engine == "silero":
         settings["model_path"] = Path(args.models_dir).expanduser() / "vad" / "silero_vad.onnx"
-    vad = make_segmenter(VadSettings(**settings))
+    vad = create_segmenter(VadSettings(**settings))
     pcm = sf.read(str(rec.path), dtype="int16")[0].tobytes()
     offline = [seg.started_at for seg in vad.feed(pcm, 0.0) + vad.flush()]
     online = sorted({d["segment_id"]: d["started_at"] for d in drafts}.values())
@@ -162,11 +165,11 @@ def recording_start(args: argparse.Namespace, rec: Any, drafts: list[dict[str, A
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engine", choices=["webrtc", "silero"], default="webrtc")
+    parser.add_argument("--engine", choices=VAD_ENGINES.names(), default="webrtc")
     parser.add_argument("--pause-ms", type=int, default=90)
     parser.add_argument("--early-window-s", type=float, default=10.0)
     parser.add_argument("--full-window", action="store_true", help="early drafts with the full 30 s window")
-    parser.add_argument("--models-dir", default=os.environ.get("EDGECAP_MODELS_DIR", str(REPO / ".cache" / "models")))
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--keep", action="store_true", help="keep the work folder (named on stderr)")
     args = parser.parse_args()
     if args.full_window:

@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from devtools.brokers import free_port
+from runtime.settings import models_dir as default_models_dir
 
 
 def run_once(args: argparse.Namespace) -> dict[str, float]:
@@ -37,7 +38,7 @@ def run_once(args: argparse.Namespace) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--models-dir", default=str(Path.home() / ".cache" / "edgecap" / "models"))
+    parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--input")
     parser.add_argument("--reference")
     args = parser.parse_args()

@@ -26,14 +26,16 @@ sys.path.insert(0, str(REPO))
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition  # noqa: E402
 
 from devtools.brokers import Moto, Tansu  # noqa: E402
+from runtime.kafka import producer_config  # noqa: E402
+from runtime.settings import KafkaSettings  # noqa: E402
 
 
 def run(kill: bool, workdir: Path) -> dict[str, object]:
     with Moto(workdir=workdir / "moto") as s3, Tansu(s3=s3) as kafka:
-        producer = Producer({
-            "bootstrap.servers": kafka.bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "max.in.flight.requests.per.connection": 1, "reconnect.backoff.max.ms": 500,
-        })
+        producer = Producer(producer_config(
+            KafkaSettings(bootstrap_servers=kafka.bootstrap),
+            **{"linger.ms": 5, "max.in.flight.requests.per.connection": 1, "reconnect.backoff.max.ms": 500},
+        ))
         confirmed: list[int] = []
         failed: list[int] = []
 

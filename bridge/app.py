@@ -24,6 +24,7 @@ from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.uplink import Uplink
 from contracts import Down, encode, mqtt_topic
+from runtime.kafka import producer_config
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class Bridge:
         s = self.settings
         self.metrics.serve(s.metrics_port, s.metrics_host)
         self.delivery = Delivery(
-            producer_config(s),
+            uplink_producer_config(s),
             self.metrics,
             backoff_s=(s.retry_backoff_min_ms / 1000, s.retry_backoff_max_ms / 1000),
         )
@@ -161,13 +162,13 @@ class Bridge:
         return sent
 
 
-def producer_config(s: BridgeSettings) -> dict[str, Any]:
-    """The uplink producer's librdkafka configuration: every write confirmed by all replicas, once."""
-    return s.kafka.config(
+def uplink_producer_config(s: BridgeSettings) -> dict[str, Any]:
+    """The uplink producer's librdkafka configuration: idempotent with ``acks=all`` (every write
+    confirmed by all replicas, once), plus the bridge's batching and ordering."""
+    return producer_config(
+        s.kafka,
         **{
             "logger": logging.getLogger("bridge.kafka.producer"),
-            "acks": "all",
-            "enable.idempotence": True,
             "linger.ms": s.linger_ms,
             "compression.type": s.compression,
             "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),

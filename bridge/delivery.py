@@ -23,8 +23,8 @@ A later record must not be on the wire when an earlier one fails either (purging
 The producer therefore keeps one request in flight per connection and runs with librdkafka's gapless
 guarantee: a batch that fails for good is a fatal error that stops the producer before the next batch
 is sent, and the replacement produces every unconfirmed record again in order (see
-:func:`bridge.app.producer_config`). Records that time out (``delivery.timeout.ms``) are outside that
-guarantee: in an outage they time out oldest first and join one round.
+:func:`bridge.app.uplink_producer_config`). Records that time out (``delivery.timeout.ms``) are
+outside that guarantee: in an outage they time out oldest first and join one round.
 
 Threads: :meth:`send` runs in the intake thread (paho's), :meth:`serve` in the bridge loop thread,
 where the delivery callbacks run (and in the intake thread when librdkafka's queue is full).
@@ -45,6 +45,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge.metrics import Metrics
 from contracts import Kafka
+from runtime.kafka import produce
 
 log = logging.getLogger(__name__)
 
@@ -193,16 +194,13 @@ class Delivery:
             record.generation = self._generation
             record.produced_at = time.monotonic()
             self._outstanding[record.seq] = record
-        report = partial(self._delivered, record, record.generation)
-        while True:
-            try:
-                self.producer.produce(record.topic.value, value=record.value, key=record.key, on_delivery=report)
-                return
-            except BufferError:
-                self.producer.poll(0.01)  # librdkafka's queue is full: serve callbacks, try again
-            except KafkaException as exc:
-                self._delivered(record, record.generation, exc.args[0], None)
-                return
+        try:  # a full queue is waited out by serving delivery callbacks in this thread
+            produce(
+                self.producer, record.topic.value, record.value, record.key,
+                partial(self._delivered, record, record.generation),
+            )
+        except KafkaException as exc:
+            self._delivered(record, record.generation, exc.args[0], None)
 
     def _delivered(self, record: _Record, generation: int, err: KafkaError | None, _msg: Message | None) -> None:
         with self._lock:

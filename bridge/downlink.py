@@ -13,16 +13,24 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Message, Producer
 from paho.mqtt.client import MQTTMessageInfo
 
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.settings import BridgeSettings
-from bridge.validation import Refused, dead_letter
 from contracts import AgentConfig, DecodeError, Down, Final, Kafka, Reason, decode, encode, mqtt_topic
+from runtime.kafka import (
+    dead_letter,
+    ensure_topics,
+    open_consumer,
+    poll_batch,
+    produce,
+    record_key,
+    rewind,
+    store_offsets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,22 +51,8 @@ class Downlink:
         self.metrics = metrics
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.consumer = Consumer(
-            settings.kafka.config(
-                **{
-                    "logger": logging.getLogger("bridge.kafka.consumer"),
-                    "group.id": settings.downlink_group,
-                    "enable.auto.offset.store": False,
-                    "enable.auto.commit": True,
-                    "auto.offset.reset": "earliest",
-                    "session.timeout.ms": settings.downlink_session_timeout_ms,
-                    "heartbeat.interval.ms": max(500, settings.downlink_session_timeout_ms // 4),
-                }
-            )
-        )
 
     def start(self) -> None:
-        self.consumer.subscribe([Kafka.FINALS.value, Kafka.CONFIG.value])
         self._thread = threading.Thread(target=self._run, name="bridge-downlink", daemon=True)
         self._thread.start()
 
@@ -69,30 +63,38 @@ class Downlink:
             self._thread = None
 
     def _run(self) -> None:
+        s = self.settings
+        # a consumer subscribed to a topic that does not exist yet may see it only minutes later (its
+        # next metadata refresh): create them first (best effort; production provisions them)
+        ensure_topics(s.kafka, [Kafka.FINALS, Kafka.CONFIG], s.topic_partitions)
+        consumer = open_consumer(
+            s.kafka,
+            s.downlink_group,
+            [Kafka.FINALS, Kafka.CONFIG],
+            s.downlink_session_timeout_ms,
+            logger=logging.getLogger("bridge.kafka.consumer"),
+        )
         try:
             while not self._stop.is_set():
                 if not self.publisher.connected.wait(0.2):
                     continue  # publishing now would only pile up copies in paho's queue
-                records = self.consumer.consume(_BATCH, timeout=0.2)
+                records = poll_batch(consumer, _BATCH, max_wait_s=0, idle_s=0.2)
                 if records:
-                    self._deliver(records)
+                    self._deliver(consumer, records)
         except Exception:
             log.exception("downlink stopped by an unexpected error")
         finally:
-            self.consumer.close()  # commits the stored offsets
+            consumer.close()  # commits the stored offsets
 
-    def _deliver(self, records: list[Message]) -> None:
+    def _deliver(self, consumer: Consumer, records: list[Message]) -> None:
         """Publish a batch, then store offsets in order; on a failed publish rewind that partition."""
         outcomes: list[tuple[Message, MQTTMessageInfo | None]] = []
         for record in records:
-            if record.error():
-                log.warning("downlink consumer: %s", record.error())
-                continue
             raw = record.value() or b""
             try:
                 topic, retain = self._route(record, raw)
             except DecodeError as exc:
-                self._dead_letter(record, raw, Refused(exc.reason, exc.detail))
+                self._dead_letter(record, raw, exc.reason, exc.detail)
                 outcomes.append((record, None))
                 continue
             outcomes.append((record, self.publisher.client.publish(topic, raw, qos=1, retain=retain)))
@@ -103,7 +105,7 @@ class Downlink:
                 continue
             config = record.topic() == Kafka.CONFIG.value
             if info is None or self._acknowledged(info):
-                self.consumer.store_offsets(message=record)
+                store_offsets(consumer, [record])
                 if info is not None:
                     (self.metrics.config_published if config else self.metrics.downlink_published).inc()
                 continue
@@ -116,7 +118,7 @@ class Downlink:
                 record.offset(),
             )
             rewound.add(where)
-            self.consumer.seek(TopicPartition(str(record.topic()), record.partition() or 0, record.offset() or 0))
+            rewind(consumer, [record])
         if rewound:
             self._stop.wait(_RETRY_S)
 
@@ -144,27 +146,13 @@ class Downlink:
             return False
         return info.is_published()
 
-    def _dead_letter(self, record: Message, raw: bytes, refused: Refused) -> None:
-        log.warning(
-            "bad record at %s[%s]@%s: %s (%s)",
-            record.topic(),
-            record.partition(),
-            record.offset(),
-            refused.reason.value,
-            refused.detail,
-        )
-        self.metrics.dead_lettered.labels(refused.reason.value).inc()
-        key = record.key()
-        agent_id = key.decode("utf-8", "replace") if key else None
-        letter = dead_letter(
-            raw, record.topic() or Kafka.FINALS.value, agent_id, refused, self.settings.deadletter_payload_bytes
-        )
-        while True:
-            try:
-                self.producer.produce(Kafka.DEADLETTER.value, value=encode(letter), key=key)
-                return
-            except BufferError:
-                time.sleep(0.05)  # the bridge loop polls the producer and frees room
-            except KafkaException as exc:
-                log.error("could not dead-letter the bad record: %s", exc)
-                return
+    def _dead_letter(self, record: Message, raw: bytes, reason: Reason, detail: str) -> None:
+        where = f"{record.topic()}[{record.partition()}]@{record.offset()}"
+        log.warning("bad record at %s: %s (%s)", where, reason.value, detail)
+        self.metrics.dead_lettered.labels(reason.value).inc()
+        source = record.topic() or Kafka.FINALS.value
+        letter = dead_letter(raw, source, record_key(record), reason, detail, self.settings.deadletter_payload_bytes)
+        try:  # a full queue is waited out here; the bridge loop polls the producer as well
+            produce(self.producer, Kafka.DEADLETTER, encode(letter), record.key())
+        except KafkaException as exc:
+            log.error("could not dead-letter the bad record: %s", exc)

@@ -66,6 +66,9 @@ class BridgeSettings(ServiceSettings):
     retry_backoff_max_ms: int = Field(10_000, ge=1, description="Longest wait between retry rounds.")
     downlink: bool = Field(True, description="Carry finals from Kafka down to the agents.")
     downlink_group: str = Field("edgecap-bridge-downlink", description="Kafka consumer group of the downlink.")
+    topic_partitions: int = Field(
+        6, ge=1, le=1000, description="Partitions of the downlink's topics when the bridge creates them (missing)."
+    )
     downlink_session_timeout_ms: int = Field(
         6000, ge=1000, description="Kafka consumer session timeout of the downlink."
     )

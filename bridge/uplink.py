@@ -27,8 +27,9 @@ from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
-from bridge.validation import Refused, check_frame, check_segment, dead_letter, readable_segment_id, topic_route
+from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
 from contracts import Frame, Kafka, Receipt, Rejection, Segment, Up, encode, shared_filter
+from runtime.kafka import dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,8 @@ class Uplink:
     def _refuse(self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused) -> None:
         log.warning("refused message on %s: %s (%s)", msg.topic, refused.reason.value, refused.detail)
         self.metrics.dead_lettered.labels(refused.reason.value).inc()
-        record = dead_letter(raw, msg.topic, agent_id, refused, self.settings.deadletter_payload_bytes)
+        keep = self.settings.deadletter_payload_bytes
+        record = dead_letter(raw, msg.topic, agent_id, refused.reason, refused.detail, keep)
         segment_id = readable_segment_id(raw, 16 * self.settings.max_message_bytes)
         rejection = None
         if agent_id is not None and segment_id is not None and _can_receipt(agent_id):

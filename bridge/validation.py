@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
-from contracts import DeadLetter, DecodeError, Frame, Reason, Rejection, Segment, decode, parse_mqtt_topic
+from contracts import DecodeError, Frame, Reason, Segment, decode, parse_mqtt_topic
+from contracts.ids import is_segment_id
 from contracts.topics import Up
 
 
@@ -92,23 +92,4 @@ def readable_segment_id(raw: bytes, max_bytes: int) -> str | None:
     if value is None:
         found = _SEGMENT_ID_FIELD.search(raw[:_SCAN_BYTES])
         value = found.group(1).decode("ascii", "replace") if found else None
-    if not isinstance(value, str):
-        return None
-    try:
-        Rejection(segment_id=value, reason="probe")
-    except ValueError:
-        return None
-    return value
-
-
-def dead_letter(raw: bytes, topic: str, agent_id: str | None, refused: Refused, keep_bytes: int) -> DeadLetter:
-    """The dead-letter record of a refused MQTT message, payload truncated to ``keep_bytes``."""
-    return DeadLetter(
-        reason=refused.reason.value,
-        detail=refused.detail,
-        source=topic,
-        agent_id=agent_id,
-        received_at=time.time(),
-        payload=raw[:keep_bytes],
-        truncated=len(raw) > keep_bytes,
-    )
+    return value if is_segment_id(value) else None

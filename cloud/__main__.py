@@ -33,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker == "transcribe":
         from cloud.asr import EngineError
         from cloud.transcribe import TranscribeWorker
+        from runtime.plugins import MissingPackage
 
         try:
             worker = TranscribeWorker(settings)
-        except EngineError as exc:
+        except (EngineError, MissingPackage) as exc:
             log.error("%s", exc)
             return 2
         worker.run(stop)

@@ -2,77 +2,51 @@
 
 Consumer group ``edgecap-reconcile`` on ``edgecap.segments`` (the edge draft each one carries),
 ``edgecap.drafts`` (drafts sent on their own) and ``edgecap.transcripts``. A draft is stored
-(version 1). A transcript is reconciled with the draft by :meth:`Store.record_final` (rule
-in :mod:`cloud.store`), the resulting :class:`~contracts.Final` is produced to ``edgecap.finals``
-keyed by ``agent_id``, and only after its delivery is the record's offset stored. A duplicate
-transcript (the segment already has a final) is counted and produces nothing — unless the earlier
-final was stored but never delivered (a crash in between), in which case the stored final is sent.
-Undecodable drafts and transcripts go to ``edgecap.deadletter`` (undecodable segments are the
-transcriber's to dead-letter); a store or Kafka failure rewinds the batch and
-retries it after a pause.
+(version 1). A transcript is reconciled with the draft by the rule of :mod:`cloud.rule`, which the
+store applies as it claims the segment's final (:meth:`Store.record_final`); the resulting
+:class:`~contracts.Final` is produced to ``edgecap.finals`` keyed by ``agent_id``, and only after
+its delivery is the record's offset stored. A duplicate transcript (the segment already has a
+final) is counted and produces nothing — unless the earlier final was stored but never delivered
+(a crash in between), in which case the stored final is sent. Undecodable drafts and transcripts
+go to ``edgecap.deadletter`` (undecodable segments are the transcriber's to dead-letter); a store
+or Kafka failure rewinds the batch and retries it after a pause (the loop: :class:`BatchWorker`).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 
 from confluent_kafka import Message
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.metrics import Tally
+from cloud.rule import reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import Store
 from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
-from runtime.kafka import (
-    Publisher,
-    dead_letter,
-    ensure_topics,
-    open_consumer,
-    poll_batch,
-    rewind,
-    store_offsets,
-)
+from runtime.kafka import BatchWorker, Publisher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgecap-reconcile"
-# edge drafts come inside their segments (edgecap.segments); edgecap.drafts takes drafts sent on
-# their own, by producers outside edgecap's bridge
-INPUTS = (Kafka.SEGMENTS, Kafka.DRAFTS, Kafka.TRANSCRIPTS)
-MAX_BATCH = 200
-RETRY_PAUSE_S = 2.0
 
 
-class Reconciler:
+class Reconciler(BatchWorker):
     """One reconciler instance; :meth:`run` until ``stop`` is set."""
 
-    def __init__(self, settings: WorkerSettings, store: Store | None = None) -> None:
-        self.settings = settings
-        self.group = settings.group or DEFAULT_GROUP
-        self.store = store or Store(settings.store_url)
-        self.tally = Tally("reconcile")
+    name = "reconcile"
+    # edge drafts come inside their segments (edgecap.segments); edgecap.drafts takes drafts sent on
+    # their own, by producers outside edgecap's bridge
+    inputs = (Kafka.SEGMENTS, Kafka.DRAFTS, Kafka.TRANSCRIPTS)
+    outputs = (Kafka.FINALS, Kafka.DEADLETTER)
+    batch_size = 200
+    max_wait_s = 0.05
 
-    def run(self, stop: threading.Event) -> None:
-        s = self.settings
-        ensure_topics(s.kafka, [*INPUTS, Kafka.FINALS, Kafka.DEADLETTER], s.topic_partitions)
-        publisher = Publisher(s.kafka)
-        consumer = open_consumer(s.kafka, self.group, list(INPUTS), s.session_timeout_ms)
-        try:
-            while not stop.is_set():
-                batch = poll_batch(consumer, MAX_BATCH, max_wait_s=0.05)
-                if not batch:
-                    continue
-                if self.handle(batch, publisher):
-                    store_offsets(consumer, batch)
-                else:
-                    self.tally.add("retried_batch")
-                    rewind(consumer, batch)
-                    stop.wait(RETRY_PAUSE_S)
-        finally:
-            publisher.close()
-            consumer.close()
-            log.info("reconciler stopped: %s", dict(self.tally.counts))
+    def __init__(self, settings: WorkerSettings, store: Store | None = None) -> None:
+        super().__init__(
+            settings.kafka, settings.group or DEFAULT_GROUP, settings.session_timeout_ms, settings.topic_partitions
+        )
+        self.settings = settings
+        self.store = store or Store(settings.store_url)
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         """Store and publish everything in ``batch``; False if it must be retried."""
@@ -101,10 +75,7 @@ class Reconciler:
             else:
                 self._transcript(decode(raw, CloudTranscript), publisher, sent)
         except DecodeError as exc:
-            log.warning("dead letter from %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
-            letter = dead_letter(msg, exc.reason.value, exc.detail)
-            publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
-            self.tally.add("dead_letter")
+            self.dead_letter(publisher, msg, exc.reason, exc.detail)
 
     def _segment(self, raw: bytes) -> None:
         """The edge draft a segment carries (segments without one have none to store). A segment that
@@ -126,7 +97,7 @@ class Reconciler:
             self.tally.add("duplicate_draft")
 
     def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[str]) -> None:
-        final = self.store.record_final(transcript)
+        final = self.store.record_final(transcript, reconcile)
         if final is not None:
             self.tally.add("final")
             log.debug("final %s (%s): %s", final.segment_id, final.source, final.text)

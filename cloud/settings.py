@@ -6,10 +6,10 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import KafkaSettings, ServiceSettings
+from runtime.settings import KafkaSettings, ServiceSettings, models_dir
 
 DEFAULT_STORE_URL = "sqlite:///edgecap.db"
 
@@ -30,8 +30,8 @@ class WorkerSettings(ServiceSettings):
     store_url: str = Field(DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store (reconciler).")
     engine: str = Field("transformers", description="Transcription engine plugin (its type_key): transformers.")
     model_dir: Path = Field(
-        Path("~/.cache/edgecap/models/tiny.en/hf").expanduser(),
-        description="Local Hugging Face Whisper directory (…/<model>/hf); nothing is downloaded.",
+        default_factory=lambda: models_dir() / "tiny.en" / "hf",
+        description="Local Hugging Face Whisper directory (<models_dir>/<model>/hf); nothing is downloaded.",
     )
     model_id: str | None = Field(None, description="Model name written into transcripts; default: from model_dir.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
@@ -45,6 +45,13 @@ class WorkerSettings(ServiceSettings):
         description="This worker instance's name, written into each transcript.",
     )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        from cloud.asr import ENGINES  # here: loading the settings loads no engine module
+
+        return ENGINES.check(engine)
 
 
 class DashboardSettings(ServiceSettings):

@@ -6,10 +6,9 @@ is guaranteed by the database, not by reading first: the final is claimed with
 so two reconcilers racing on the same transcript store one final and the loser sees a duplicate.
 Drafts and transcripts may arrive in either order; whichever comes first creates the row.
 
-Reconciliation rule (see :func:`reconcile`): the final caption is the cloud text (version 2,
-source ``cloud``); the edge draft stays as version 1. If the cloud text is empty but a draft with
-text is already known, the draft text is kept as the final (still version 2, source ``edge``).
-A draft that arrives after its final is stored as version 1 and does not change the final.
+The store persists, the reconciler decides: which text becomes the final is the rule the reconciler
+passes to :meth:`Store.record_final` (:mod:`cloud.rule`), applied to the draft stored at the moment
+the final is claimed, in the same transaction.
 """
 
 from __future__ import annotations
@@ -40,14 +39,12 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cloud.captions import CaptionVersion, DraftRow, FinalRow, SegmentRow
+from cloud.rule import DRAFT_VERSION, Rule
 from contracts import CloudTranscript, Draft, Final, decode, encode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentRow", "Store", "reconcile"]
-
-DRAFT_VERSION = 1
-FINAL_VERSION = 2
+__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentRow", "Store"]
 
 metadata = MetaData()
 
@@ -87,31 +84,6 @@ caption_versions = Table(
     Column("produced_at", Float, nullable=False),
     UniqueConstraint("segment_id", "version", name="uq_caption_versions_segment_version"),
 )
-
-
-# --- the reconciliation rule ------------------------------------------------------------
-
-
-def reconcile(transcript: CloudTranscript, draft_text: str | None, draft_model_id: str | None) -> Final:
-    """The final caption of a segment from the cloud transcript and the edge draft, if known."""
-    cloud_text = transcript.transcript.text.strip()
-    edge_text = (draft_text or "").strip()
-    edge_wins = not cloud_text and bool(edge_text)
-    return Final(
-        agent_id=transcript.agent_id,
-        segment_id=transcript.segment_id,
-        seq=transcript.seq,
-        started_at=transcript.started_at,
-        ended_at=transcript.ended_at,
-        text=edge_text if edge_wins else cloud_text,
-        source="edge" if edge_wins else "cloud",
-        version=FINAL_VERSION,
-        transcript=transcript.transcript,
-        draft_text=draft_text,
-    )
-
-
-# --- the store --------------------------------------------------------------------------
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -173,14 +145,7 @@ class Store:
             "draft_produced_at": t.produced_at,
             "updated_at": now,
         }
-        insert = self._insert(segments).values(
-            segment_id=draft.segment_id,
-            agent_id=draft.agent_id,
-            seq=draft.seq,
-            started_at=draft.started_at,
-            ended_at=draft.ended_at,
-            **values,
-        )
+        insert = self._insert(segments).values(**draft.header(), **values)
         upsert = insert.on_conflict_do_update(
             index_elements=[segments.c.segment_id],
             set_=values,
@@ -194,8 +159,8 @@ class Store:
                 )
         return stored
 
-    def record_final(self, transcript: CloudTranscript) -> Final | None:
-        """Reconcile a cloud transcript with the draft and store the final caption.
+    def record_final(self, transcript: CloudTranscript, rule: Rule) -> Final | None:
+        """Store the final caption ``rule`` makes of a cloud transcript and the stored draft.
 
         Returns the :class:`~contracts.Final` to publish, or None if this segment already has a
         final (a duplicate: nothing is changed).
@@ -204,14 +169,7 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(
                 self._insert(segments)
-                .values(
-                    segment_id=transcript.segment_id,
-                    agent_id=transcript.agent_id,
-                    seq=transcript.seq,
-                    started_at=transcript.started_at,
-                    ended_at=transcript.ended_at,
-                    updated_at=now,
-                )
+                .values(**transcript.header(), updated_at=now)
                 .on_conflict_do_nothing(index_elements=[segments.c.segment_id])
             )
             row = conn.execute(
@@ -219,7 +177,7 @@ class Store:
                     segments.c.segment_id == transcript.segment_id
                 )
             ).one()
-            final = reconcile(transcript, row.draft_text, row.draft_model_id)
+            final = rule(transcript, row.draft_text)
             model_id: str = row.draft_model_id if final.source == "edge" else transcript.transcript.model_id
             produced_at = transcript.transcript.produced_at
             values = {

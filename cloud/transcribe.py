@@ -13,7 +13,6 @@ retried after a pause.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import numpy as np
@@ -21,54 +20,32 @@ from confluent_kafka import Message
 
 from cloud.asr import TranscriptionEngine, create_engine
 from cloud.audio import SAMPLE_RATE, to_float32
-from cloud.metrics import BATCH_SECONDS, BATCH_SIZE, Tally
+from cloud.metrics import BATCH_SECONDS, BATCH_SIZE
 from cloud.settings import WorkerSettings
 from contracts import CloudTranscript, DecodeError, Kafka, Reason, Segment, Transcript, decode, encode
-from runtime.kafka import (
-    Publisher,
-    dead_letter,
-    ensure_topics,
-    open_consumer,
-    poll_batch,
-    rewind,
-    store_offsets,
-)
+from runtime.kafka import BatchWorker, Publisher
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgecap-transcribe"
-RETRY_PAUSE_S = 2.0
 
 
-class TranscribeWorker:
-    """One transcription worker; :meth:`run` until ``stop`` is set."""
+class TranscribeWorker(BatchWorker):
+    """One transcription worker: batches of segments through the engine; :meth:`run` until ``stop``
+    is set."""
+
+    name = "transcribe"
+    inputs = (Kafka.SEGMENTS,)
+    outputs = (Kafka.TRANSCRIPTS, Kafka.DEADLETTER)
 
     def __init__(self, settings: WorkerSettings, engine: TranscriptionEngine | None = None) -> None:
+        super().__init__(
+            settings.kafka, settings.group or DEFAULT_GROUP, settings.session_timeout_ms, settings.topic_partitions
+        )
+        self.batch_size = settings.batch_size
+        self.max_wait_s = settings.max_wait_ms / 1000
         self.settings = settings
-        self.group = settings.group or DEFAULT_GROUP
         self.engine = engine or create_engine(settings)
-        self.tally = Tally("transcribe")
-
-    def run(self, stop: threading.Event) -> None:
-        s = self.settings
-        ensure_topics(s.kafka, [Kafka.SEGMENTS, Kafka.TRANSCRIPTS, Kafka.DEADLETTER], s.topic_partitions)
-        publisher = Publisher(s.kafka)
-        consumer = open_consumer(s.kafka, self.group, [Kafka.SEGMENTS], s.session_timeout_ms)
-        try:
-            while not stop.is_set():
-                batch = poll_batch(consumer, s.batch_size, max_wait_s=s.max_wait_ms / 1000)
-                if not batch:
-                    continue
-                if self.handle(batch, publisher):
-                    store_offsets(consumer, batch)
-                else:
-                    self.tally.add("retried_batch")
-                    rewind(consumer, batch)
-                    stop.wait(RETRY_PAUSE_S)
-        finally:
-            publisher.close()
-            consumer.close()
-            log.info("transcribe worker stopped: %s", dict(self.tally.counts))
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         """Transcribe and publish one batch; False if it must be retried."""
@@ -77,7 +54,7 @@ class TranscribeWorker:
             try:
                 segment = decode(msg.value() or b"", Segment)
             except DecodeError as exc:
-                self._dead_letter(publisher, msg, exc.reason.value, exc.detail)
+                self.dead_letter(publisher, msg, exc.reason, exc.detail)
                 continue
             items.append((msg, segment, to_float32(segment.audio)))
         items.sort(key=lambda item: item[2].size)
@@ -88,17 +65,9 @@ class TranscribeWorker:
             return False
         for (msg, segment, _), transcript in zip(items, results, strict=True):
             if transcript is None:
-                self._dead_letter(publisher, msg, Reason.BAD_AUDIO.value, "the engine failed on this segment")
+                self.dead_letter(publisher, msg, Reason.BAD_AUDIO, "the engine failed on this segment")
                 continue
-            out = CloudTranscript(
-                agent_id=segment.agent_id,
-                segment_id=segment.segment_id,
-                seq=segment.seq,
-                started_at=segment.started_at,
-                ended_at=segment.ended_at,
-                transcript=transcript,
-                worker=self.settings.worker_name,
-            )
+            out = CloudTranscript(**segment.header(), transcript=transcript, worker=self.settings.worker_name)
             publisher.send(Kafka.TRANSCRIPTS, segment.agent_id, encode(out))
             self.tally.add("transcribed")
         return publisher.deliver()
@@ -130,9 +99,3 @@ class TranscribeWorker:
             elapsed,
         )
         return transcripts
-
-    def _dead_letter(self, publisher: Publisher, msg: Message, reason: str, detail: str) -> None:
-        log.warning("dead letter from %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(), reason, detail)
-        letter = dead_letter(msg, reason, detail)
-        publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
-        self.tally.add("dead_letter")

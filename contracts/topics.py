@@ -10,8 +10,7 @@ MQTT_PREFIX = "edgecap/v1/agents"
 class Up(StrEnum):
     """Device → cloud MQTT channels."""
 
-    SEGMENTS = "segments"
-    DRAFTS = "drafts"
+    SEGMENTS = "segments"  # each segment carries its edge draft: there is no separate drafts channel
     FRAMES = "frames"
     STATUS = "status"
 

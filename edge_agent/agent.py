@@ -14,8 +14,7 @@ import queue
 import threading
 
 from contracts import AgentConfig, Audio, Final, Segment, Transcript, Up, encode, mqtt_topic
-from edge_agent.asr import ENGINES as ASR_ENGINES
-from edge_agent.asr import ModelNotPrepared
+from edge_agent.asr import ModelNotPrepared, create_recognizer
 from edge_agent.captions import CaptionError, CaptionSink
 from edge_agent.capture import SAMPLE_RATE, CaptureError, open_source
 from edge_agent.drafting import Drafter
@@ -26,12 +25,13 @@ from edge_agent.outbox import Outbox
 from edge_agent.quota import OutboxFull
 from edge_agent.remote import RemoteConfig, config_path
 from edge_agent.settings import AgentSettings
-from edge_agent.vad import SpeechSegment, VadModelMissing, make_segmenter
+from edge_agent.vad import SpeechSegment, VadModelMissing, create_segmenter
+from runtime.plugins import MissingPackage
 
 log = logging.getLogger(__name__)
 
 # What a misconfigured device raises from Agent.start(): reported as one clear line, no traceback.
-STARTUP_ERRORS = (CaptureError, ModelNotPrepared, VadModelMissing, CaptionError, IdentityError)
+STARTUP_ERRORS = (CaptureError, ModelNotPrepared, VadModelMissing, CaptionError, IdentityError, MissingPackage)
 
 _END = object()
 
@@ -50,8 +50,8 @@ class Agent:
     def start(self) -> None:
         s = self.settings
         self.source = open_source(s.input)
-        self.vad = make_segmenter(s.vad, SAMPLE_RATE)
-        self.asr = ASR_ENGINES[s.asr.engine](s.asr.model_dir, threads=s.asr.threads, language=s.asr.language)
+        self.vad = create_segmenter(s.vad, SAMPLE_RATE)
+        self.asr = create_recognizer(s.asr)
         self.asr.warmup()
         self.captions = CaptionSink(
             s.captions.dir,

@@ -36,7 +36,7 @@ from typing import Protocol
 import numpy as np
 
 from contracts import Transcript
-from edge_agent.asr import OnnxWhisper
+from edge_agent.asr import SpeechRecognizer
 from edge_agent.vad import Pause, SpeechSegment, VadEvent
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Drafter:
 
     def __init__(
         self,
-        asr: OnnxWhisper,
+        asr: SpeechRecognizer,
         captions: CaptionView,
         commit: Commit,
         *,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from contracts import AgentConfig, DecodeError, decode, encode
-from edge_agent.vad import Segmenter, VadEvent, VadSegmenter
+from edge_agent.vad import Segmenter, VadEvent, WebrtcSegmenter
 
 log = logging.getLogger(__name__)
 
@@ -120,10 +120,10 @@ class RemoteConfig:
         elif name == "heartbeat_s":
             self.heartbeat_s = float(value)
         elif name == "vad_aggressiveness":
-            if isinstance(self.vad, VadSegmenter):
+            if isinstance(self.vad, WebrtcSegmenter):
                 self.vad.set_aggressiveness(value)
             else:
-                engine = self.vad.engine if self.vad is not None else "no"
+                engine = self.vad.type_key if self.vad is not None else "no"
                 log.warning("vad_aggressiveness=%s ignored: the %s VAD engine has no such mode", value, engine)
         elif name == "log_level":
             logging.getLogger().setLevel(value)

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edge_agent.quota import FullPolicy, Quota
-from runtime.settings import Group, MqttSettings, ServiceSettings
+from runtime.settings import Group, MqttSettings, ServiceSettings, models_dir
 
 
 class InputSettings(Group):
@@ -47,11 +47,11 @@ class FrameSettings(Group):
 class VadSettings(Group):
     """How speech is cut into segments."""
 
-    engine: Literal["webrtc", "silero"] = Field("webrtc", description="VAD engine: webrtc or silero (ONNX).")
+    engine: str = Field("webrtc", description="VAD engine plugin (its type_key): webrtc or silero (ONNX).")
     aggressiveness: int = Field(2, ge=0, le=3, description="webrtcvad mode: 0 keeps most audio, 3 cuts most.")
     threshold: float = Field(0.5, gt=0, lt=1, description="Silero: speech probability that starts speech.")
     model_path: Path = Field(
-        Path("~/.cache/edgecap/models/vad/silero_vad.onnx").expanduser(),
+        default_factory=lambda: models_dir() / "vad" / "silero_vad.onnx",
         description="Silero: the ONNX file `edgecap models prepare` puts in <models_dir>/vad/.",
     )
     pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept before the detected onset.")
@@ -63,6 +63,13 @@ class VadSettings(Group):
     min_speech_ms: int = Field(250, ge=0, description="Shorter segments are dropped (counted).")
     max_segment_s: float = Field(28.0, gt=1, le=30, description="Longer speech is cut (Whisper's window is 30 s).")
 
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        from edge_agent.vad import ENGINES  # here: loading the settings loads no engine module
+
+        return ENGINES.check(engine)
+
     @model_validator(mode="after")
     def _pause_within_hangover(self) -> VadSettings:
         if self.pause_ms >= self.hangover_ms:
@@ -73,10 +80,10 @@ class VadSettings(Group):
 class AsrSettings(Group):
     """The on-device captioning model."""
 
-    engine: str = Field("onnx", description="ASR engine: onnx (int8 Whisper in ONNX Runtime).")
+    engine: str = Field("onnx", description="ASR engine plugin (its type_key): onnx (int8 Whisper in ONNX Runtime).")
     model_dir: Path = Field(
-        Path("~/.cache/edgecap/models/tiny.en/onnx-int8").expanduser(),
-        description="Directory made by `edgecap models prepare` (…/<model>/onnx-int8).",
+        default_factory=lambda: models_dir() / "tiny.en" / "onnx-int8",
+        description="Directory made by `edgecap models prepare` (<models_dir>/<model>/onnx-int8).",
     )
     threads: int = Field(2, ge=1, le=64, description="Inference threads.")
     language: str | None = Field(None, description="Language code for multilingual models (None: detect).")
@@ -86,6 +93,13 @@ class AsrSettings(Group):
         le=30,
         description="Encoder window (s) for committed drafts; audio longer than it widens it; 30 = Whisper's own.",
     )
+
+    @field_validator("engine")
+    @classmethod
+    def _known_engine(cls, engine: str) -> str:
+        from edge_agent.asr import ENGINES  # here: loading the settings loads no engine module
+
+        return ENGINES.check(engine)
 
 
 class OutboxSettings(Group):

@@ -28,6 +28,7 @@ from typing import Any
 from devtools import SAMPLES_DIR as SAMPLES
 from devtools.brokers import Mosquitto, Tansu, wait_for_port
 from runtime.logs import configure
+from runtime.settings import models_dir
 
 log = logging.getLogger("edgecap.demo")
 
@@ -219,15 +220,6 @@ def summarize(
     return summary
 
 
-def default_models_dir() -> str:
-    try:
-        from modelbuild.settings import ModelsSettings
-
-        return str(ModelsSettings.load().dir)
-    except ImportError:
-        return "~/.cache/edgecap/models"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecap demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", type=Path, default=SAMPLES / "sample.wav", help="recording played as the microphone")
@@ -235,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-done", action="store_true", help="exit once every segment has a final caption")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds after the input ends to give up")
     parser.add_argument("--model", default="tiny.en", help="model name under the models directory")
-    parser.add_argument("--models-dir", default=default_models_dir(), help="where `edgecap models prepare` put models")
+    parser.add_argument(
+        "--models-dir", type=Path, default=models_dir(), help="where `edgecap models prepare` put models"
+    )
     parser.add_argument("--port", type=int, default=8000, help="dashboard port")
     parser.add_argument("--workdir", help="where logs, the store and captions go (default: a new temp dir)")
     parser.add_argument("--debug", action="store_true")

@@ -9,17 +9,16 @@ A command-line tool, not a service: it reports where things are on stdout.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
 from pathlib import Path
 
+from contracts.manifest import ModelManifest
 from modelbuild import prepare as prep
 from modelbuild import sources
-from modelbuild.settings import ModelsSettings
 from runtime import logs
-from runtime.settings import ConfigError
+from runtime.settings import ConfigError, ModelsSettings
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +64,7 @@ def _show(paths: prep.ModelPaths) -> None:
     sys.stdout.write(f"  hf         {hf_state:<8} {_size(paths.hf):>10}  {paths.hf}\n")
     sys.stdout.write(f"  onnx-int8  {onnx_state:<8} {_size(paths.onnx):>10}  {paths.onnx}\n")
     if onnx_state == "ready":
-        manifest = json.loads(paths.manifest.read_text(encoding="utf-8"))
-        sys.stdout.write(f"  model_id   {manifest['model_id']}\n")
+        sys.stdout.write(f"  model_id   {ModelManifest.load(paths.manifest).model_id}\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,7 +15,6 @@ including large-v3 from a local directory. Then :mod:`modelbuild.quantize` makes
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from contracts.manifest import MANIFEST, ModelManifest, SpecialTokens
 from modelbuild import quantize
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,9 @@ def _tokenizer_json(hf_dir: Path, out: Path) -> None:
     AutoTokenizer.from_pretrained(hf_dir, local_files_only=True).backend_tokenizer.save(str(out))
 
 
-def manifest(model, name: str, tokenizer_path: Path) -> dict:  # type: ignore[no-untyped-def]
-    """What the edge runtime needs to know besides the graphs (ids, shapes, suppression lists)."""
+def manifest(model, name: str, tokenizer_path: Path, files: dict[str, int]) -> ModelManifest:  # type: ignore[no-untyped-def]
+    """What the edge runtime needs to know besides the graphs (ids, shapes, suppression lists);
+    ``files`` are the other files with their sizes."""
     from tokenizers import Tokenizer
 
     config, generation = model.config, model.generation_config
@@ -203,36 +204,21 @@ def manifest(model, name: str, tokenizer_path: Path) -> dict:  # type: ignore[no
         raise RuntimeError(f"{tokenizer_path} lacks the timestamp tokens <|0.00|>..<|30.00|>")
     multilingual = bool(getattr(generation, "is_multilingual", config.vocab_size >= 51865))
     languages = dict(getattr(generation, "lang_to_id", None) or {}) if multilingual else {}
-    return {
-        "model_id": f"whisper-{name}-int8-onnx",
-        "name": name,
-        "format": "edgecap-whisper-onnx/1",
-        "multilingual": multilingual,
-        "n_mels": config.num_mel_bins,
-        "n_frames": N_FRAMES,
-        "sample_rate": 16000,
-        "n_fft": 400,
-        "hop_length": 160,
-        "vocab_size": config.vocab_size,
-        "decoder_layers": config.decoder_layers,
-        "decoder_heads": config.decoder_attention_heads,
-        "d_model": config.d_model,
-        "max_target_positions": config.max_target_positions,
-        "tokens": {
-            "eos": token("<|endoftext|>"),
-            "sot": token("<|startoftranscript|>"),
-            "sot_prev": token("<|startofprev|>"),
-            "sot_lm": token("<|startoflm|>"),
-            "no_speech": token("<|nospeech|>") or token("<|nocaptions|>"),
-            "no_timestamps": token("<|notimestamps|>"),
-            "transcribe": token("<|transcribe|>"),
-            "translate": token("<|translate|>"),
-            "timestamp_begin": timestamp_begin,
-        },
-        "languages": {k.strip("<|>"): v for k, v in languages.items()},
-        "suppress_tokens": [int(t) for t in (generation.suppress_tokens or [])],
-        "begin_suppress_tokens": [int(t) for t in (generation.begin_suppress_tokens or [])],
-    }
+    tokens = SpecialTokens(
+        eos=token("<|endoftext|>"), sot=token("<|startoftranscript|>"), sot_prev=token("<|startofprev|>"),
+        sot_lm=token("<|startoflm|>"), no_speech=token("<|nospeech|>") or token("<|nocaptions|>"),
+        no_timestamps=token("<|notimestamps|>"), transcribe=token("<|transcribe|>"),
+        translate=token("<|translate|>"), timestamp_begin=timestamp_begin,
+    )
+    return ModelManifest(
+        model_id=f"whisper-{name}-int8-onnx", name=name, multilingual=multilingual, files=files,
+        n_mels=config.num_mel_bins, n_frames=N_FRAMES, vocab_size=config.vocab_size, d_model=config.d_model,
+        decoder_layers=config.decoder_layers, decoder_heads=config.decoder_attention_heads,
+        max_target_positions=config.max_target_positions, tokens=tokens,
+        languages={k.strip("<|>"): v for k, v in languages.items()},
+        suppress_tokens=[int(t) for t in (generation.suppress_tokens or [])],
+        begin_suppress_tokens=[int(t) for t in (generation.begin_suppress_tokens or [])],
+    )
 
 
 def export_int8(hf_dir: Path, out_dir: Path, *, name: str) -> Path:
@@ -245,8 +231,7 @@ def export_int8(hf_dir: Path, out_dir: Path, *, name: str) -> Path:
         quantize.encoder(fp32_encoder, out_dir / "encoder.onnx")
         quantize.decoder(fp32_decoder, out_dir / "decoder.onnx")
     _tokenizer_json(hf_dir, out_dir / "tokenizer.json")
-    info = manifest(model, name, out_dir / "tokenizer.json")
-    info["files"] = {f: (out_dir / f).stat().st_size for f in ("encoder.onnx", "decoder.onnx", "tokenizer.json")}
-    (out_dir / "manifest.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    log.info("int8 ONNX: %s", ", ".join(f"{f} {s / 1e6:.1f} MB" for f, s in info["files"].items()))
+    files = {f: (out_dir / f).stat().st_size for f in ("encoder.onnx", "decoder.onnx", "tokenizer.json")}
+    manifest(model, name, out_dir / "tokenizer.json", files).write(out_dir / MANIFEST)
+    log.info("int8 ONNX: %s", ", ".join(f"{f} {s / 1e6:.1f} MB" for f, s in files.items()))
     return out_dir

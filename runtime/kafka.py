@@ -1,27 +1,71 @@
-"""Kafka plumbing of the cloud workers, in confluent-kafka's own idioms.
+"""Kafka, written once for the bridge and the cloud workers, in confluent-kafka's own idioms.
 
-Consumers never store an offset on their own (``enable.auto.offset.store=False``): a worker stores
-a record's offset only after everything it produced for that record has been delivered, the
-background auto-commit commits what was stored, a revoke commits synchronously, and ``close()``
-(in a ``finally``) commits the rest. The producer is idempotent with ``acks=all``; a full local
-queue (``BufferError``) is waited out, never dropped.
+Producers are idempotent with ``acks=all`` (:func:`producer_config`; the bridge adds its ordering
+settings, ``edgecap config`` its timeout), and a full local queue (``BufferError``) is waited out,
+never dropped (:func:`produce`). Consumers never store an offset on their own
+(:func:`consumer_config`: ``enable.auto.offset.store=False``): their owner stores a record's offset
+only after everything it produced for that record has been delivered, the background auto-commit
+commits what was stored, a revoke commits synchronously, and ``close()`` (in a ``finally``) commits
+the rest. A refused input becomes a :func:`dead_letter`.
+
+Every Kafka worker of the cloud is a :class:`BatchWorker`: it declares what it reads and writes and
+how it handles one batch; the loop around it (poll, handle, store offsets or rewind) is written here.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections import Counter as Counts
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from prometheus_client import Counter
 
-from contracts import DeadLetter
+from contracts import DeadLetter, Kafka, Reason, encode
 from runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_MAX_PAYLOAD = 64 * 1024
+
+RECORDS = Counter(
+    "edgecap_worker_records_total",
+    "Kafka records handled by a cloud worker, by worker and outcome.",
+    ["worker", "outcome"],
+)
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
+    """An idempotent producer: every record confirmed by all in-sync replicas (``acks=all``) and
+    written once however often librdkafka retries it. ``overrides`` add librdkafka properties."""
+    return kafka.config(**({"acks": "all", "enable.idempotence": True} | overrides))
+
+
+def consumer_config(kafka: KafkaSettings, group: str, session_timeout_ms: int, **overrides: Any) -> dict[str, Any]:
+    """A consumer in ``group`` that commits only the offsets its owner stored, starting from the
+    earliest record when the group has none. ``overrides`` add librdkafka properties."""
+    return kafka.config(
+        **(
+            {
+                "group.id": group,
+                "enable.auto.offset.store": False,
+                "enable.auto.commit": True,
+                "auto.commit.interval.ms": 1000,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": session_timeout_ms,
+                "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
+            }
+            | overrides
+        )
+    )
 
 
 def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], partitions: int, timeout_s: float = 10.0) -> None:
@@ -44,21 +88,93 @@ def ensure_topics(kafka: KafkaSettings, topics: Iterable[str], partitions: int, 
             log.warning("could not create topic %s: %s", topic, exc)
 
 
-def open_consumer(kafka: KafkaSettings, group: str, topics: list[str], session_timeout_ms: int) -> Consumer:
-    """A subscribed consumer that commits only offsets its owner stored."""
-    consumer = Consumer(
-        kafka.config(
-            **{
-                "group.id": group,
-                "enable.auto.offset.store": False,
-                "enable.auto.commit": True,
-                "auto.commit.interval.ms": 1000,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": session_timeout_ms,
-                "heartbeat.interval.ms": max(100, session_timeout_ms // 3),
-            }
-        )
+# --- producing ----------------------------------------------------------------------------
+
+
+def produce(
+    producer: Producer,
+    topic: str,
+    value: bytes,
+    key: str | bytes | None = None,
+    on_delivery: Callable[[KafkaError | None, Message], None] | None = None,
+) -> None:
+    """Hand one record to librdkafka; while its local queue is full (``BufferError``), serve delivery
+    reports in this thread to free room and try again: a record is never dropped here. A
+    ``KafkaException`` (a fatal producer, a record too large) is the caller's."""
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+            return
+        except BufferError:
+            log.debug("producer queue full: waiting for deliveries")
+            producer.poll(0.05)
+
+
+class Publisher:
+    """An idempotent producer whose :meth:`deliver` says whether everything sent was delivered."""
+
+    def __init__(self, kafka: KafkaSettings) -> None:
+        self._producer = Producer(producer_config(kafka, **{"linger.ms": 5}))
+        self._failed = 0
+
+    def send(self, topic: str, key: str | None, value: bytes) -> None:
+        produce(self._producer, topic, value, key.encode("utf-8") if key else None, self._on_delivery)
+        self._producer.poll(0)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._failed += 1
+            log.error("delivery to %s failed: %s", msg.topic(), err)
+
+    def deliver(self, timeout_s: float = 30.0) -> bool:
+        """Wait for every record sent so far; False if any failed or is still undelivered."""
+        pending = self._producer.flush(timeout_s)
+        failed, self._failed = self._failed, 0
+        if pending:
+            log.error("%d records still undelivered after %.0f s", pending, timeout_s)
+        return pending == 0 and failed == 0
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        pending = self._producer.flush(timeout_s)
+        if pending:
+            log.error("%d records undelivered at shutdown", pending)
+
+
+def dead_letter(
+    payload: bytes,
+    source: str,
+    agent_id: str | None,
+    reason: Reason,
+    detail: str,
+    keep_bytes: int = DEAD_LETTER_MAX_PAYLOAD,
+) -> DeadLetter:
+    """The dead-letter record of a refused input from ``source`` (an MQTT or Kafka topic), its
+    payload truncated to ``keep_bytes``."""
+    return DeadLetter(
+        reason=reason,
+        detail=detail,
+        source=source,
+        agent_id=agent_id,
+        received_at=time.time(),
+        payload=payload[:keep_bytes],
+        truncated=len(payload) > keep_bytes,
     )
+
+
+def record_key(msg: Message) -> str | None:
+    """A record's key as text: the agent id, since edgecap keys every record by it."""
+    key = msg.key()
+    return key.decode("utf-8", "replace") if isinstance(key, bytes) and key else None
+
+
+# --- consuming ----------------------------------------------------------------------------
+
+
+def open_consumer(
+    kafka: KafkaSettings, group: str, topics: list[str], session_timeout_ms: int, **overrides: Any
+) -> Consumer:
+    """A consumer subscribed to ``topics`` (:func:`consumer_config`) that commits on revoke."""
+    consumer = Consumer(consumer_config(kafka, group, session_timeout_ms, **overrides))
 
     def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", _describe(partitions))
@@ -130,59 +246,103 @@ def rewind(consumer: Consumer, messages: Iterable[Message]) -> None:
             log.warning("cannot rewind %s[%d] to %d: %s", topic, partition, offset, exc)
 
 
-def dead_letter(msg: Message, reason: str, detail: str) -> DeadLetter:
-    """A dead-letter record for a refused Kafka record (payload truncated to 64 KiB)."""
-    raw = msg.value() or b""
-    key = msg.key()
-    agent_id = key.decode("utf-8", "replace") if isinstance(key, bytes) else None
-    return DeadLetter(
-        reason=reason,
-        detail=detail,
-        source=f"kafka:{msg.topic()}[{msg.partition()}]@{msg.offset()}",
-        agent_id=agent_id,
-        received_at=time.time(),
-        payload=raw[:DEAD_LETTER_MAX_PAYLOAD],
-        truncated=len(raw) > DEAD_LETTER_MAX_PAYLOAD,
-    )
-
-
-class Publisher:
-    """An idempotent producer whose :meth:`deliver` says whether everything sent was delivered."""
-
-    def __init__(self, kafka: KafkaSettings) -> None:
-        self._producer = Producer(kafka.config(**{"acks": "all", "enable.idempotence": True, "linger.ms": 5}))
-        self._failed = 0
-
-    def send(self, topic: str, key: str | None, value: bytes) -> None:
-        while True:
-            try:
-                self._producer.produce(
-                    topic, value=value, key=key.encode("utf-8") if key else None, on_delivery=self._on_delivery
-                )
-                break
-            except BufferError:
-                log.debug("producer queue full: waiting for deliveries")
-                self._producer.poll(0.1)
-        self._producer.poll(0)
-
-    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
-        if err is not None:
-            self._failed += 1
-            log.error("delivery to %s failed: %s", msg.topic(), err)
-
-    def deliver(self, timeout_s: float = 30.0) -> bool:
-        """Wait for every record sent so far; False if any failed or is still undelivered."""
-        pending = self._producer.flush(timeout_s)
-        failed, self._failed = self._failed, 0
-        if pending:
-            log.error("%d records still undelivered after %.0f s", pending, timeout_s)
-        return pending == 0 and failed == 0
-
-    def close(self, timeout_s: float = 10.0) -> None:
-        pending = self._producer.flush(timeout_s)
-        if pending:
-            log.error("%d records undelivered at shutdown", pending)
-
-
 def _describe(partitions: list[TopicPartition]) -> str:
     return ", ".join(f"{p.topic}[{p.partition}]" for p in partitions) or "nothing"
+
+
+# --- the batch worker ---------------------------------------------------------------------
+
+
+class Tally:
+    """Counts of one worker instance by outcome (read by tests and logs), mirrored into Prometheus."""
+
+    def __init__(self, worker: str) -> None:
+        self.worker = worker
+        self.counts: Counts[str] = Counts()
+
+    def add(self, outcome: str, n: int = 1) -> None:
+        self.counts[outcome] += n
+        RECORDS.labels(self.worker, outcome).inc(n)
+
+    def __getitem__(self, outcome: str) -> int:
+        return self.counts[outcome]
+
+
+class BatchWorker(ABC):
+    """The one way to write a Kafka worker: a batch of records in, their outputs out, offsets after.
+
+    A worker declares ``name`` (its logs and its counts' ``worker`` label), the ``inputs`` it
+    consumes, the ``outputs`` it produces to (``edgecap.deadletter`` included if it dead-letters),
+    ``batch_size`` and ``max_wait_s`` (a batch is up to ``batch_size`` records, or whatever arrived
+    within ``max_wait_s`` of the first), and implements :meth:`handle`::
+
+        class Detector(BatchWorker):
+            name = "detect"
+            inputs = (Kafka.FRAMES,)
+            outputs = (Kafka.DETECTIONS, Kafka.DEADLETTER)
+            batch_size, max_wait_s = 16, 0.1
+
+            def handle(self, batch, publisher):
+                ...  # publisher.send(...) each output, self.dead_letter(...) each bad record
+                return publisher.deliver()
+
+    :meth:`run` creates missing topics, then loops until ``stop`` is set: poll a batch, hand it to
+    :meth:`handle`, and if that returns True store the batch's offsets (the group moves past it);
+    if False (an output was not delivered, a dependency failed) seek back to the batch's first
+    records and try them again after ``retry_pause_s``. A set ``stop`` (SIGTERM) ends the loop only
+    between batches, so the batch in hand is finished and its offsets stored; closing the consumer
+    commits them. A worker that crashes before storing a batch's offsets leaves that batch to be
+    redone by the group: outputs are at least once, and consumers downstream tolerate duplicates.
+    """
+
+    name: ClassVar[str]
+    inputs: ClassVar[tuple[str, ...]]
+    outputs: ClassVar[tuple[str, ...]]
+    batch_size: int
+    max_wait_s: float
+    retry_pause_s: float = 2.0
+
+    def __init__(self, kafka: KafkaSettings, group: str, session_timeout_ms: int, topic_partitions: int) -> None:
+        """``group`` is the consumer group the worker's replicas share (they split the inputs'
+        partitions); a replica silent for ``session_timeout_ms`` loses its partitions to the others.
+        Topics created when missing get ``topic_partitions`` partitions."""
+        self.kafka = kafka
+        self.group = group
+        self.session_timeout_ms = session_timeout_ms
+        self.topic_partitions = topic_partitions
+        self.tally = Tally(self.name)
+
+    @abstractmethod
+    def handle(self, batch: list[Message], publisher: Publisher) -> bool:
+        """Produce the outputs of ``batch`` through ``publisher`` and wait for their delivery
+        (:meth:`Publisher.deliver`); True when the batch is done, False to have it retried."""
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume and handle batches until ``stop`` is set (see the class docstring)."""
+        ensure_topics(self.kafka, dict.fromkeys([*self.inputs, *self.outputs]), self.topic_partitions)
+        publisher = Publisher(self.kafka)
+        consumer = open_consumer(self.kafka, self.group, list(self.inputs), self.session_timeout_ms)
+        try:
+            while not stop.is_set():
+                batch = poll_batch(consumer, self.batch_size, self.max_wait_s)
+                if not batch:
+                    continue
+                if self.handle(batch, publisher):
+                    store_offsets(consumer, batch)
+                else:
+                    self.tally.add("retried_batch")
+                    rewind(consumer, batch)
+                    stop.wait(self.retry_pause_s)
+        finally:
+            publisher.close()
+            consumer.close()
+            log.info("%s worker stopped: %s", self.name, dict(self.tally.counts))
+
+    def dead_letter(self, publisher: Publisher, msg: Message, reason: Reason, detail: str) -> None:
+        """Send a record this worker refuses to ``edgecap.deadletter`` (counted; its offset is
+        stored with the batch, so the worker goes on)."""
+        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+        log.warning("dead letter from %s: %s: %s", where, reason.value, detail)
+        letter = dead_letter(msg.value() or b"", f"kafka:{where}", record_key(msg), reason, detail)
+        publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
+        self.tally.add("dead_letter")

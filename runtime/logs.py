@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
-
-FORMAT_VARIABLE = "EDGECAP_LOG_FORMAT"  # "json": one JSON object per line (for log shippers)
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,10 +28,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
-def configure(debug: bool = False, service: str = "edgecap") -> None:
+def configure(debug: bool = False, service: str = "edgecap", json_lines: bool = False) -> None:
     """Log to stderr, one line per record, with the service name; ``--debug`` turns it up.
 
-    With ``EDGECAP_LOG_FORMAT=json`` in the environment each line is a JSON object instead.
+    ``json_lines`` (a service's ``log_format = "json"`` setting) makes each line a JSON object.
     """
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
@@ -42,7 +39,7 @@ def configure(debug: bool = False, service: str = "edgecap") -> None:
         format=f"%(asctime)s %(levelname)s {service} %(name)s: %(message)s",
         force=True,
     )
-    if os.environ.get(FORMAT_VARIABLE, "").lower() == "json":
+    if json_lines:
         for handler in logging.getLogger().handlers:
             handler.setFormatter(JsonFormatter(service))
     for noisy in ("urllib3", "httpx", "httpcore", "filelock"):

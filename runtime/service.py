@@ -24,6 +24,11 @@ _URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
 
 def add_common_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="TOML settings file (environment variables override it)")
+    parser.add_argument(
+        "--secrets-dir",
+        metavar="DIR",
+        help="a folder of secret files named like the settings' environment variables (a mounted Kubernetes Secret)",
+    )
     parser.add_argument("--check-config", action="store_true", help="validate the settings, show them, exit")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
 
@@ -31,20 +36,21 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 def load_settings(cls: type[S], args: argparse.Namespace) -> S | None:
     """The settings, or None after writing the reason to stderr."""
     try:
-        return cls.load(args.config)
+        return cls.load(args.config, secrets_dir=args.secrets_dir)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return None
 
 
 def prepare(cls: type[S], args: argparse.Namespace, service: str, adjust: Callable[[S], S] | None = None) -> S | int:
-    """Configure logging as ``service`` and load its settings (``adjust`` may amend them): the
-    settings to run with, or the exit code when the command is done already: 2 after bad settings
-    (the reason on stderr), 0 after ``--check-config`` showed them."""
+    """Load a service's settings (``adjust`` may amend them) and configure its logging from them:
+    the settings to run with, or the exit code when the command is done already: 2 after bad
+    settings (the reason on stderr), 0 after ``--check-config`` showed them."""
     configure(args.debug, service)
     settings = load_settings(cls, args)
     if settings is None:
         return 2
+    configure(args.debug, service, json_lines=settings.log_format == "json")
     if adjust is not None:
         settings = adjust(settings)
     if args.check_config:

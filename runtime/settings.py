@@ -2,19 +2,32 @@
 
 A service's settings come from, highest priority first: keyword overrides, environment variables
 (``EDGECAP_<SERVICE>_…``, nested groups joined by ``__``, e.g. ``EDGECAP_AGENT_MQTT__PORT``),
-files in a secrets directory, and a TOML file given with ``--config``. Unknown keys are errors.
+files in a secrets directory given with ``--secrets-dir`` (one file per setting, named like its
+environment variable, e.g. ``EDGECAP_BRIDGE_MQTT__PASSWORD``: how a Kubernetes Secret is mounted),
+and a TOML file given with ``--config``. Unknown keys are errors. Nothing else in edgecap reads the
+environment: a value a process needs comes through its settings object.
+
+Where prepared models live has one default for every process (services, tools, tests, benchmarks):
+:func:`models_dir`, ``~/.cache/edgecap/models`` unless ``EDGECAP_MODELS_DIR`` says otherwise.
 """
 
 from __future__ import annotations
 
 import contextvars
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, TomlConfigSettingsSource
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
 
 _CONFIG_FILE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edgecap_config", default=None)
+_SECRETS_DIR: contextvars.ContextVar[Path | None] = contextvars.ContextVar("edgecap_secrets", default=None)
 
 
 class ConfigError(ValueError):
@@ -83,6 +96,10 @@ class ServiceSettings(BaseSettings):
 
     model_config = {"extra": "forbid", "env_nested_delimiter": "__", "validate_default": True}
 
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or one JSON object per line (for log shippers)."
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -92,22 +109,71 @@ class ServiceSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings, file_secret_settings]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        secrets_dir = _SECRETS_DIR.get()
+        if secrets_dir is not None:
+            sources.append(
+                NestedSecretsSettingsSource(
+                    file_secret_settings,
+                    secrets_dir=secrets_dir,
+                    secrets_dir_missing="error",
+                    secrets_nested_delimiter="__",
+                    secrets_case_sensitive=False,
+                )
+            )
         path = _CONFIG_FILE.get()
         if path is not None:
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
     @classmethod
-    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Self:
+    def load(
+        cls, config_file: str | Path | None = None, *, secrets_dir: str | Path | None = None, **overrides: Any
+    ) -> Self:
         """Build and validate the settings; raises :class:`ConfigError` with a readable message."""
         path = Path(config_file) if config_file else None
         if path is not None and not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        token = _CONFIG_FILE.set(path)
+        secrets = Path(secrets_dir) if secrets_dir else None
+        if secrets is not None and not secrets.is_dir():
+            raise ConfigError(f"secrets directory not found: {secrets}")
+        token, secrets_token = _CONFIG_FILE.set(path), _SECRETS_DIR.set(secrets)
         try:
             return cls(**overrides)
-        except ValueError as exc:  # pydantic.ValidationError and TOML errors
+        except ValidationError as exc:
+            raise ConfigError(f"invalid {cls.__name__}: {_readable(exc)}") from exc
+        except ValueError as exc:  # TOML errors, unreadable secret files
             raise ConfigError(f"invalid {cls.__name__}: {exc}") from exc
         finally:
             _CONFIG_FILE.reset(token)
+            _SECRETS_DIR.reset(secrets_token)
+
+
+def _readable(exc: ValidationError) -> str:
+    """One ``where: what`` per error, e.g. ``vad.engine: unknown VAD engine 'webrtcc'; known: …``
+    (never the input itself: it may be a password)."""
+    errors = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "settings"
+        what = "not a known setting" if error["type"] == "extra_forbidden" else error["msg"]
+        errors.append(f"{where}: {what.removeprefix('Value error, ')}")
+    return "; ".join(errors)
+
+
+DEFAULT_MODELS_DIR = Path("~/.cache/edgecap/models").expanduser()
+
+
+class ModelsSettings(ServiceSettings):
+    """Where prepared models live (``EDGECAP_MODELS_DIR``); the settings of ``edgecap models``."""
+
+    model_config = SettingsConfigDict(env_prefix="EDGECAP_MODELS_", extra="forbid", env_nested_delimiter="__")
+
+    dir: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="Folder holding one sub-folder per prepared model (<name>/hf, <name>/onnx-int8, vad/).",
+    )
+
+
+def models_dir() -> Path:
+    """The models folder every process defaults to: ``EDGECAP_MODELS_DIR`` or ``~/.cache/edgecap/models``."""
+    return ModelsSettings.load().dir.expanduser()

@@ -1,11 +1,12 @@
-"""Simulated agents and real service processes for the bridge's crash and bad-input proofs.
+"""Simulated agents and real service processes, for the proofs and the tests that kill a service.
 
 A :class:`SimAgent` is the real delivery path of a device without capture or ASR: its own
 :class:`~edge_agent.outbox.Outbox` file and :class:`~edge_agent.link.MqttLink`, so a segment counts
 as *committed* once :meth:`Outbox.append` returned, and it leaves the outbox only on the bridge's
 receipt. A :class:`Fleet` feeds several of them at a steady rate from one thread each.
-:class:`Service` runs ``python -m bridge`` (or a cloud worker) as a child process configured by
-environment variables, as the demo does, and kills it with SIGKILL by its pid.
+:class:`Service` runs ``python -m bridge`` (or a cloud worker, or the agent) as a child process
+configured by environment variables made from a settings object (:func:`support.service_env`), as
+the demo does, and kills it with SIGKILL by its pid.
 """
 
 from __future__ import annotations
@@ -18,28 +19,16 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
-from contracts import Audio, Segment, Transcript, Up, encode, mqtt_topic, new_segment_id
+from support import REPO, bridge_settings, make_segment, service_env
+
+from cloud.settings import WorkerSettings
+from contracts import Up, encode, mqtt_topic, new_segment_id
+from devtools.brokers import Mosquitto
 from edge_agent.link import MqttLink
 from edge_agent.outbox import Outbox
-from runtime.settings import MqttSettings
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def sim_segment(agent_id: str, segment_id: str, seq: int, rng: random.Random, seconds: float | None = None) -> Segment:
-    """A segment of 0.1-0.5 s of 16 kHz PCM (or ``seconds``) with an edge draft."""
-    seconds = rng.uniform(0.1, 0.5) if seconds is None else seconds
-    now = time.time()
-    return Segment(
-        agent_id=agent_id,
-        segment_id=segment_id,
-        seq=seq,
-        started_at=now - seconds,
-        ended_at=now,
-        audio=Audio(sample_rate=16000, data=rng.randbytes(int(seconds * 16000) * 2)),
-        draft=Transcript(text=f"{agent_id} utterance {seq}", model_id="sim", produced_at=now),
-    )
+from runtime.settings import KafkaSettings, MqttSettings
 
 
 class SimAgent:
@@ -74,9 +63,10 @@ class SimAgent:
 
     def commit(self) -> str:
         segment_id = new_segment_id()
+        seconds = self.rng.uniform(0.1, 0.5)
 
         def build(seq: int) -> bytes:
-            return encode(sim_segment(self.agent_id, segment_id, seq, self.rng))
+            return encode(make_segment(self.agent_id, seq, segment_id=segment_id, seconds=seconds, rng=self.rng))
 
         seq = self.outbox.append(segment_id, self.topic, build)
         self.committed.append((seq, segment_id))  # append returned: the segment is committed
@@ -167,6 +157,11 @@ class Service:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def wait(self, timeout_s: float) -> int:
+        """The exit status once it exits by itself (``subprocess.TimeoutExpired`` if it does not)."""
+        assert self.proc is not None
+        return self.proc.wait(timeout_s)
+
     def kill(self) -> None:
         """SIGKILL by pid, as a crash would."""
         if self.proc is not None and self.proc.poll() is None:
@@ -205,30 +200,23 @@ class Service:
             return ""
 
 
-def bridge_service(mqtt_port: int, bootstrap: str, name: str, metrics_port: int, workdir: Path,
-                   **settings: str) -> Service:
-    """``python -m bridge`` configured through ``EDGECAP_BRIDGE_*`` (extra ``settings`` by field name)."""
-    env = {
-        "EDGECAP_BRIDGE_MQTT__PORT": str(mqtt_port),
-        "EDGECAP_BRIDGE_MQTT__SESSION_EXPIRY_S": "600",
-        "EDGECAP_BRIDGE_MQTT__KEEPALIVE_S": "5",
-        "EDGECAP_BRIDGE_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "EDGECAP_BRIDGE_CLIENT_ID": name,
-        "EDGECAP_BRIDGE_SHARED_GROUP": name,
-        "EDGECAP_BRIDGE_DOWNLINK": "false",
-        "EDGECAP_BRIDGE_METRICS_PORT": str(metrics_port),
-        "EDGECAP_BRIDGE_METRICS_HOST": "127.0.0.1",
-    } | {f"EDGECAP_BRIDGE_{k.upper()}": v for k, v in settings.items()}
-    return Service("bridge", ["-m", "bridge"], env, workdir / "bridge.log")
+def bridge_service(
+    mosquitto: Mosquitto, bootstrap: str, workdir: Path, *flags: str, metrics_port: int = 0, **overrides: Any
+) -> Service:
+    """``python -m bridge`` (with ``flags``) with :func:`support.bridge_settings` and ``overrides``,
+    its MQTT session kept 10 minutes across kills and a dead broker noticed within seconds."""
+    mqtt = MqttSettings(port=mosquitto.port, session_expiry_s=600, keepalive_s=5)
+    settings = bridge_settings(mosquitto, bootstrap, mqtt=mqtt, metrics_port=metrics_port, **overrides)
+    return Service("bridge", ["-m", "bridge", *flags], service_env(settings), workdir / "bridge.log")
 
 
 def reconcile_service(bootstrap: str, store_url: str, group: str, metrics_port: int, workdir: Path) -> Service:
-    """The real reconciler (``python -m cloud reconcile``) storing drafts from ``edgecap.drafts``."""
-    env = {
-        "EDGECAP_WORKER_KAFKA__BOOTSTRAP_SERVERS": bootstrap,
-        "EDGECAP_WORKER_STORE_URL": store_url,
-        "EDGECAP_WORKER_GROUP": group,
-        "EDGECAP_WORKER_SESSION_TIMEOUT_MS": "6000",
-        "EDGECAP_WORKER_METRICS_PORT": str(metrics_port),
-    }
-    return Service("reconcile", ["-m", "cloud", "reconcile"], env, workdir / "reconcile.log")
+    """The real reconciler (``python -m cloud reconcile``) storing the drafts of ``edgecap.segments``."""
+    settings = WorkerSettings.load(
+        kafka=KafkaSettings(bootstrap_servers=bootstrap),
+        store_url=store_url,
+        group=group,
+        session_timeout_ms=6000,
+        metrics_port=metrics_port,
+    )
+    return Service("reconcile", ["-m", "cloud", "reconcile"], service_env(settings), workdir / "reconcile.log")

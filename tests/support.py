@@ -1,4 +1,5 @@
-"""What the bridge's tests share: a fake device, segments, settings, and readers of Kafka and /metrics.
+"""What the tests share: waits, sizes, the segment factory, service settings and their environment,
+a bare device, and readers of Kafka and /metrics.
 
 The device here is a bare paho client (it publishes what a test gives it and collects receipts and
 captions); :mod:`agents_sim` has devices with the real outbox and link, and service processes.
@@ -6,55 +7,142 @@ captions); :mod:`agents_sim` has devices with the real outbox and link, and serv
 
 from __future__ import annotations
 
+import json
+import os
+import random
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Callable
-from typing import Any
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from pydantic import BaseModel, SecretStr
 
 from bridge.settings import BridgeSettings
-from contracts import Audio, Down, Kafka, Receipt, Segment, Transcript, Up, decode, mqtt_topic, new_segment_id
+from contracts import Audio, Down, Kafka, Receipt, Segment, Transcript, Up, decode, encode, mqtt_topic, new_segment_id
 from devtools.brokers import Mosquitto
-from runtime.settings import KafkaSettings, MqttSettings
+from edge_agent.outbox import Outbox
+from runtime.settings import KafkaSettings, MqttSettings, ServiceSettings
+
+REPO = Path(__file__).resolve().parent.parent
+"""The repository root; service processes run from here."""
 
 Record = tuple[bytes | None, bytes]
+Number = TypeVar("Number", int, float)
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_until(check: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.02) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.02,
+    detail: Callable[[], str] | None = None,
+) -> None:
+    """Return once ``check()`` holds; fail after ``timeout_s`` naming ``what`` (and ``detail()``, e.g.
+    a service's log, when given)."""
     deadline = time.monotonic() + timeout_s
     while not check():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            more = f"\n{detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}{more}")
         time.sleep(every_s)
 
 
+def scale(name: str, default: Number) -> Number:
+    """How big or long a proof runs: ``EDGECAP_TEST_<name>`` if set, else ``default`` (the issue's
+    size). Turn it down to try a proof in seconds."""
+    return type(default)(os.environ.get(f"EDGECAP_TEST_{name}", default))
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
 def make_segment(
-    agent_id: str, seq: int, *, seconds: float = 0.1, sample_rate: int = 16000, draft: bool = True
+    agent_id: str,
+    seq: int,
+    *,
+    segment_id: str | None = None,
+    seconds: float = 0.1,
+    sample_rate: int = 16000,
+    draft: bool | str = True,
+    rng: random.Random | None = None,
 ) -> Segment:
-    samples = int(seconds * sample_rate)
-    pcm = (bytes(range(256)) * (samples * 2 // 256 + 1))[: samples * 2]
+    """A segment of ``seconds`` of 16-bit PCM that ended now. Its edge draft says ``draft`` (a text),
+    ``utterance <seq>`` (True) or is absent (False). The audio is a fixed pattern, or bytes drawn
+    from ``rng``: as incompressible as speech, for tests that measure the bridge."""
+    size = int(seconds * sample_rate) * 2
+    pcm = rng.randbytes(size) if rng is not None else (bytes(range(256)) * (size // 256 + 1))[:size]
     now = time.time()
+    text = draft if isinstance(draft, str) else f"utterance {seq}"
     return Segment(
         agent_id=agent_id,
-        segment_id=new_segment_id(),
+        segment_id=segment_id or new_segment_id(),
         seq=seq,
-        started_at=now,
-        ended_at=now + seconds,
+        started_at=now - seconds,
+        ended_at=now,
         audio=Audio(sample_rate=sample_rate, data=pcm),
-        draft=Transcript(text=f"utterance {seq}", model_id="test", produced_at=now) if draft else None,
+        draft=Transcript(text=text, model_id="test", produced_at=now) if draft is not False else None,
     )
 
 
+def commit_segments(outbox: Outbox, agent_id: str, n: int, **segment: Any) -> list[str]:
+    """Append ``n`` segments of ``agent_id`` (:func:`make_segment` with ``segment``) to ``outbox``,
+    as capture does: each takes the outbox's next seq. Their ids, in seq order."""
+    ids = [new_segment_id() for _ in range(n)]
+    for segment_id in ids:
+
+        def build(seq: int, segment_id: str = segment_id) -> bytes:
+            return encode(make_segment(agent_id, seq, segment_id=segment_id, **segment))
+
+        outbox.append(segment_id, mqtt_topic(agent_id, Up.SEGMENTS), build)
+    return ids
+
+
+# --- services ------------------------------------------------------------------------------------
+
+
+def service_env(settings: ServiceSettings) -> dict[str, str]:
+    """The environment variables that give a service process ``settings``: one for each field set
+    explicitly (what was left to its default stays so), named with the class's ``env_prefix`` and
+    nested groups joined by ``__`` (``EDGECAP_BRIDGE_MQTT__PORT``), lists and dicts as JSON, secrets
+    in clear. A nested dict of values becomes settings first: ``service_env(BridgeSettings.load(**values))``,
+    so a misspelt name fails here, not in the child."""
+    return _group_env(settings, str(settings.model_config.get("env_prefix", "")))
+
+
+def _group_env(group: BaseModel, prefix: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in sorted(group.model_fields_set):
+        value, key = getattr(group, name), f"{prefix}{name.upper()}"
+        if isinstance(value, BaseModel):
+            env |= _group_env(value, f"{key}__")
+        elif value is None:
+            raise ValueError(f"{key}: None cannot be given through the environment; leave the field unset")
+        elif isinstance(value, SecretStr):
+            env[key] = value.get_secret_value()
+        elif isinstance(value, bool):
+            env[key] = "true" if value else "false"
+        elif isinstance(value, Enum):
+            env[key] = str(value.value)
+        elif isinstance(value, dict | list | tuple):
+            env[key] = json.dumps(value, default=str)
+        else:
+            env[key] = str(value)
+    return env
+
+
 def bridge_settings(mosquitto: Mosquitto, bootstrap: str, **overrides: Any) -> BridgeSettings:
-    """An in-process bridge's settings: its own client id, groups and Kafka client id; no downlink."""
+    """A test bridge's settings (in process, or for a child through :func:`service_env`): its own
+    client id, groups and Kafka client id; no downlink; /metrics, if asked for, on the loopback."""
     name = unique("bridge")
     values: dict[str, Any] = {
         "mqtt": MqttSettings(port=mosquitto.port, session_expiry_s=30),
@@ -89,7 +177,7 @@ class Agent:
     def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             if msg.topic.endswith(Down.RECEIPTS.value):
-                self.receipts.append(decode(msg.payload, Receipt))
+                self.receipts.append(decode(bytes(msg.payload), Receipt))
             else:
                 self.captions.append(bytes(msg.payload))
 
@@ -154,12 +242,14 @@ def keyed(records: list[Record], agent_id: str) -> list[bytes]:
     return [v for k, v in records if k == agent_id.encode()]
 
 
+def read_keyed(bootstrap: str, topic: str, key: str, want: int = 1, timeout_s: float = 20) -> list[bytes]:
+    """The values keyed ``key`` in ``topic``, in log order, once ``want`` are there (or the timeout)."""
+    return keyed(read_topic(bootstrap, topic, lambda r: len(keyed(r, key)) >= want, timeout_s=timeout_s), key)
+
+
 def segment_seqs(bootstrap: str, agent_id: str, want: int, timeout_s: float = 20) -> list[int]:
     """The ``seq`` of ``agent_id``'s records in ``edgecap.segments``, in Kafka order, once ``want`` are there."""
-    records = read_topic(
-        bootstrap, Kafka.SEGMENTS.value, lambda r: len(keyed(r, agent_id)) >= want, timeout_s=timeout_s
-    )
-    return [decode(v, Segment).seq for v in keyed(records, agent_id)]
+    return [decode(v, Segment).seq for v in read_keyed(bootstrap, Kafka.SEGMENTS, agent_id, want, timeout_s)]
 
 
 # --- /metrics ------------------------------------------------------------------------------------

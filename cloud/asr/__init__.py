@@ -1,17 +1,18 @@
-"""Cloud transcription engines, chosen by the ``engine`` setting (each declares a ``type_key``)."""
+"""Cloud transcription engines, chosen by the ``engine`` setting (each declares a ``type_key``).
+
+Importing this package registers every engine in :data:`ENGINES` without importing torch or
+transformers (an engine imports them when it is built).
+"""
 
 from __future__ import annotations
 
 from cloud.asr import whisper_transformers  # noqa: F401  (registers "transformers")
-from cloud.asr.base import ENGINES, EngineError, TranscriptionEngine, register
+from cloud.asr.base import ENGINES, EngineError, TranscriptionEngine
 from cloud.settings import WorkerSettings
 
-__all__ = ["ENGINES", "EngineError", "TranscriptionEngine", "create_engine", "register"]
+__all__ = ["ENGINES", "EngineError", "TranscriptionEngine", "create_engine"]
 
 
 def create_engine(settings: WorkerSettings) -> TranscriptionEngine:
     """The engine named by ``settings.engine``, with its model loaded."""
-    cls = ENGINES.get(settings.engine)
-    if cls is None:
-        raise EngineError(f"unknown engine {settings.engine!r}; known: {', '.join(sorted(ENGINES))}")
-    return cls(settings)
+    return ENGINES.get(settings.engine)(settings)

@@ -9,19 +9,20 @@ import numpy as np
 
 from cloud.settings import WorkerSettings
 from contracts import Transcript
-
-ENGINES: dict[str, type[TranscriptionEngine]] = {}
+from runtime.plugins import Registry
 
 
 class EngineError(RuntimeError):
-    """An engine cannot start: a missing package or model; the message says how to fix it."""
+    """An engine cannot start: a missing model or device; the message says how to fix it."""
 
 
 class TranscriptionEngine(ABC):
     """Turns a batch of 16 kHz mono float32 utterances into transcripts, in the same order.
 
-    Subclasses set ``type_key`` (the ``engine`` setting that selects them) and are registered by
-    :func:`register`. They load their model once in ``__init__``; heavy imports happen there too.
+    Subclasses set ``type_key`` (the ``engine`` setting that selects them) and register with
+    ``@ENGINES.register``. They are built from the worker's settings and load their model once in
+    ``__init__``; heavy imports happen there too (a missing package raises
+    :class:`~runtime.plugins.MissingPackage` naming the extra to install).
     """
 
     type_key: ClassVar[str]
@@ -38,9 +39,4 @@ class TranscriptionEngine(ABC):
         """Release the model."""
 
 
-def register(cls: type[TranscriptionEngine]) -> type[TranscriptionEngine]:
-    """Class decorator: make an engine selectable by its ``type_key``."""
-    if cls.type_key in ENGINES:
-        raise ValueError(f"two transcription engines claim type_key {cls.type_key!r}")
-    ENGINES[cls.type_key] = cls
-    return cls
+ENGINES: Registry[TranscriptionEngine] = Registry("transcription engine")

@@ -15,10 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from cloud.asr.base import EngineError, TranscriptionEngine, register
+from cloud.asr.base import ENGINES, EngineError, TranscriptionEngine
 from cloud.audio import SAMPLE_RATE
 from cloud.settings import WorkerSettings
 from contracts import Transcript, TranscriptSegment
+from runtime.plugins import require
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def model_id_for(model_dir: Path) -> str:
     return name if name.startswith("whisper") else f"whisper-{name}"
 
 
-@register
+@ENGINES.register
 class TransformersWhisper(TranscriptionEngine):
     """``engine = "transformers"``: WhisperForConditionalGeneration + WhisperProcessor."""
 
@@ -44,11 +45,8 @@ class TransformersWhisper(TranscriptionEngine):
         if not (model_dir / "config.json").is_file():
             raise EngineError(f"no Whisper checkpoint in {model_dir}: run `edgecap models prepare` or set model_dir")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
-        try:
-            import torch
-            from transformers import WhisperForConditionalGeneration, WhisperProcessor
-        except ImportError as exc:
-            raise EngineError(f"the transformers engine needs `pip install 'edgecap[cloud]'`: {exc}") from exc
+        torch = require("torch", "cloud", "the transformers engine")
+        transformers = require("transformers", "cloud", "the transformers engine")
 
         self._torch = torch
         if settings.device == "auto":
@@ -62,8 +60,10 @@ class TransformersWhisper(TranscriptionEngine):
         self.dtype = torch.float16 if self.device == "cuda" else torch.float32
 
         started = time.monotonic()
-        self.processor: Any = WhisperProcessor.from_pretrained(model_dir, local_files_only=True)
-        model: Any = WhisperForConditionalGeneration.from_pretrained(model_dir, dtype=self.dtype, local_files_only=True)
+        self.processor: Any = transformers.WhisperProcessor.from_pretrained(model_dir, local_files_only=True)
+        model: Any = transformers.WhisperForConditionalGeneration.from_pretrained(
+            model_dir, dtype=self.dtype, local_files_only=True
+        )
         self.model: Any = model.to(self.device).eval()
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         self.language = settings.language if self.multilingual else "en"

@@ -1,6 +1,8 @@
-"""Whisper in ONNX Runtime: int8 encoder + decoder made by ``edgecap models prepare``.
+"""The ``onnx`` ASR engine: Whisper in ONNX Runtime, int8 encoder + decoder made by ``edgecap models prepare``.
 
-Needs only numpy, onnxruntime and tokenizers. Greedy decoding with a key/value cache, without
+Needs only numpy, onnxruntime and tokenizers (the last two imported when the engine is built).
+What it knows of the model besides the graphs comes from its typed manifest
+(:class:`contracts.manifest.ModelManifest`). Greedy decoding with a key/value cache, without
 timestamps: one transcript segment spans the audio (the agent's VAD already cut it into an
 utterance of at most 30 s). Tokens are suppressed as Whisper does (its ``suppress_tokens``, the
 special tokens, timestamps, and blank/end-of-text at the first step); a window that the model
@@ -17,22 +19,28 @@ their thread pools between runs: the encoder's and decoder's pools would fight o
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
 
 from contracts import Transcript, TranscriptSegment
+from contracts.manifest import MANIFEST, ModelManifest, ModelNotPrepared
+from edge_agent.asr.base import ENGINES, SpeechRecognizer
 from edge_agent.asr.mel import N_SAMPLES, SAMPLE_RATE, log_mel
+from runtime.plugins import require
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
+
+    from edge_agent.settings import AsrSettings
 
 log = logging.getLogger(__name__)
 
-FILES = ("encoder.onnx", "decoder.onnx", "tokenizer.json", "manifest.json")
+FILES = ("encoder.onnx", "decoder.onnx", "tokenizer.json", MANIFEST)
 NO_SPEECH_THRESHOLD = 0.6
 LOGPROB_THRESHOLD = -1.0
 # Whisper samples at most half the text context per window.
@@ -45,10 +53,6 @@ WINDOW_MARGIN_S = 2.0
 WINDOW_STEP_S = 5.0
 
 
-class ModelNotPrepared(FileNotFoundError):
-    """The model folder is missing or incomplete."""
-
-
 @dataclass(frozen=True)
 class Decoded:
     """Result of greedy decoding of one window."""
@@ -59,6 +63,7 @@ class Decoded:
 
 
 def _session(model: Path | bytes, threads: int) -> ort.InferenceSession:
+    ort = require("onnxruntime", "edge", "the onnx ASR engine")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -118,10 +123,11 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
     return shifted - np.log(np.exp(shifted).sum())
 
 
-class OnnxWhisper:
+@ENGINES.register
+class OnnxWhisper(SpeechRecognizer):
     """Speech to text on the device; sessions are built once and reused (thread-safe ``transcribe``)."""
 
-    engine = "onnx"
+    type_key = "onnx"
 
     def __init__(self, model_dir: Path, *, threads: int = 2, language: str | None = None) -> None:
         model_dir = Path(model_dir).expanduser()
@@ -132,44 +138,46 @@ class OnnxWhisper:
                 "and point the agent at <models_dir>/<model>/onnx-int8"
             )
         self.model_dir = model_dir
-        self.manifest = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
-        self.model_id: str = self.manifest["model_id"]
-        self.multilingual: bool = bool(self.manifest["multilingual"])
-        self._tokens: dict[str, int] = self.manifest["tokens"]
-        self._n_mels = int(self.manifest["n_mels"])
+        self.manifest = manifest = ModelManifest.load(model_dir / MANIFEST)
+        self.model_id = manifest.model_id
+        self.multilingual = manifest.multilingual
+        self._tokens = manifest.tokens
         self.language = self._check_language(language)
-        self._n_frames = int(self.manifest.get("n_frames", N_SAMPLES // 160))
-        patched = windowed_encoder(model_dir / "encoder.onnx", self._n_frames // 2, int(self.manifest["d_model"]))
+        patched = windowed_encoder(model_dir / "encoder.onnx", manifest.n_frames // 2, manifest.d_model)
         self.windowed = patched is not None
-        """True when ``window_s`` can shorten the encoder window."""
         self._encoder = _session(patched if patched is not None else model_dir / "encoder.onnx", threads)
         del patched
         self._decoder = _session(model_dir / "decoder.onnx", threads)
-        self._tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        tokenizers = require("tokenizers", "edge", "the onnx ASR engine")
+        self._tokenizer = tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json"))
         self._suppress = self._suppress_mask()
-        self._begin_suppress = np.array(self.manifest["begin_suppress_tokens"], dtype=np.int64)
-        layers, heads = int(self.manifest["decoder_layers"]), int(self.manifest["decoder_heads"])
+        self._begin_suppress = np.array(manifest.begin_suppress_tokens, dtype=np.int64)
+        layers, heads = manifest.decoder_layers, manifest.decoder_heads
         self._past_names = [f"past_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
         self._cross_names = [f"cross_{kind}_{i}" for i in range(layers) for kind in ("k", "v")]
-        empty = np.zeros((1, heads, 0, int(self.manifest["d_model"]) // heads), np.float32)
+        empty = np.zeros((1, heads, 0, manifest.d_model // heads), np.float32)
         self._empty_past = [empty] * (2 * layers)
         log.info("loaded %s from %s (%d threads)", self.model_id, model_dir, threads)
+
+    @classmethod
+    def from_settings(cls, settings: AsrSettings) -> OnnxWhisper:
+        return cls(settings.model_dir, threads=settings.threads, language=settings.language)
 
     def _check_language(self, language: str | None) -> str | None:
         if not self.multilingual:
             if language not in (None, "en"):
                 raise ValueError(f"{self.model_id} is English-only; language {language!r} is not available")
             return "en"
-        if language is not None and language not in self.manifest["languages"]:
+        if language is not None and language not in self.manifest.languages:
             raise ValueError(f"{self.model_id} does not know language {language!r}")
         return language
 
     def _suppress_mask(self) -> np.ndarray:
-        vocab = int(self.manifest["vocab_size"])
+        vocab = self.manifest.vocab_size
         mask = np.zeros(vocab, dtype=bool)
-        mask[[t for t in self.manifest["suppress_tokens"] if 0 <= t < vocab]] = True
+        mask[[t for t in self.manifest.suppress_tokens if 0 <= t < vocab]] = True
         # Every special token but end-of-text, and all timestamps (we decode without them).
-        mask[self._tokens["eos"] + 1 :] = True
+        mask[self._tokens.eos + 1 :] = True
         return mask
 
     def warmup(self) -> None:
@@ -181,14 +189,14 @@ class OnnxWhisper:
     def _prompt(self, cross: list[np.ndarray]) -> tuple[list[int], str | None]:
         tokens = self._tokens
         if not self.multilingual:
-            return [tokens["sot"], tokens["no_timestamps"]], "en"
+            return [tokens.sot, tokens.no_timestamps], "en"
         language = self.language or self._detect_language(cross)
-        lang_id = self.manifest["languages"][language]
-        return [tokens["sot"], lang_id, tokens["transcribe"], tokens["no_timestamps"]], language
+        lang_id = self.manifest.languages[language]
+        return [tokens.sot, lang_id, tokens.transcribe, tokens.no_timestamps], language
 
     def _detect_language(self, cross: list[np.ndarray]) -> str:
-        logits = self._decoder.run(["logits"], self._feed([self._tokens["sot"]], None, cross))[0]
-        languages = self.manifest["languages"]
+        logits = self._decoder.run(["logits"], self._feed([self._tokens.sot], None, cross))[0]
+        languages = self.manifest.languages
         ids = np.array(list(languages.values()))
         best = int(ids[np.argmax(logits[0, -1, ids])])
         return next(code for code, token in languages.items() if token == best)
@@ -229,12 +237,12 @@ class OnnxWhisper:
         ``window_s`` shortens the encoder window to at least that many seconds (see the module).
         """
         audio = self._audio(audio)
-        features = log_mel(audio, self._n_mels, self.window_samples(audio.shape[0], window_s))[None]
+        features = log_mel(audio, self.manifest.n_mels, self.window_samples(audio.shape[0], window_s))[None]
         cross = self._encoder.run(None, {"input_features": features})
         prompt, language = self._prompt(cross)
-        limit = min(max_new_tokens, int(self.manifest["max_target_positions"]) - len(prompt))
+        limit = min(max_new_tokens, self.manifest.max_target_positions - len(prompt))
         limit = min(limit, int(10 + MAX_TOKENS_PER_S * audio.shape[0] / SAMPLE_RATE))
-        eos = self._tokens["eos"]
+        eos, no_speech = self._tokens.eos, self._tokens.no_speech
         tokens: list[int] = []
         logprob_sum = 0.0
         no_speech_prob = 0.0
@@ -242,9 +250,9 @@ class OnnxWhisper:
         past: list[np.ndarray] | None = None
         for step in range(limit):
             logits, *past = self._decoder.run(None, self._feed(ids, past, cross))
-            if step == 0 and self._tokens.get("no_speech") is not None:
+            if step == 0 and no_speech is not None:
                 first = _log_softmax(logits[0, 0].astype(np.float64))  # after <|startoftranscript|>
-                no_speech_prob = float(np.exp(first[self._tokens["no_speech"]]))
+                no_speech_prob = float(np.exp(first[no_speech]))
             scores = logits[0, -1].astype(np.float64)
             scores[self._suppress] = -np.inf
             if step == 0:
@@ -260,7 +268,7 @@ class OnnxWhisper:
 
     def text(self, tokens: list[int]) -> str:
         """Text of content tokens (timestamps and specials dropped)."""
-        content = [t for t in tokens if t < self._tokens["eos"]]
+        content = [t for t in tokens if t < self._tokens.eos]
         return self._tokenizer.decode(content, skip_special_tokens=True).strip()
 
     def transcribe(self, audio: np.ndarray, *, window_s: float | None = None) -> Transcript:

@@ -8,8 +8,9 @@ id (one agent's configurations stay in order), and returns once Kafka confirmed 
 publishes it retained on the agent's ``config`` topic; the agent applies it if its ``version`` is
 newer than the last one it applied. The version defaults to the time in microseconds, so it grows
 across operators and restarts; ``--version`` sets it. Kafka comes from ``EDGECAP_CONFIG_KAFKA__…``
-variables (``BOOTSTRAP_SERVERS``, ``EXTRA`` for TLS/SASL) or a TOML file (``--settings``); ``--kafka``
-overrides the servers.
+variables (``BOOTSTRAP_SERVERS``, ``EXTRA`` for TLS/SASL), a secrets directory (``--secrets-dir``)
+or a TOML file (``--config``), like every service's settings; ``--kafka`` overrides the servers and
+``--check-config`` shows the settings without sending anything.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from pydantic import Field, ValidationError
 from pydantic_settings import SettingsConfigDict
 
 from contracts import AgentConfig, Kafka, encode
-from runtime.logs import configure
-from runtime.settings import ConfigError, KafkaSettings, ServiceSettings
+from runtime.kafka import producer_config
+from runtime.service import add_common_options, prepare
+from runtime.settings import KafkaSettings, ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,14 +61,13 @@ def send_config(kafka: KafkaSettings, config: AgentConfig, timeout_s: float = 10
 
     try:
         producer = Producer(
-            kafka.config(
+            producer_config(
+                kafka,
                 **{
                     "logger": logging.getLogger("cloud.kafka.producer"),
-                    "acks": "all",
-                    "enable.idempotence": True,
                     "linger.ms": 0,
                     "delivery.timeout.ms": max(1000, int(timeout_s * 1000)),  # then it fails, not lingers
-                }
+                },
             )
         )
         producer.produce(
@@ -98,15 +99,24 @@ def _parser() -> argparse.ArgumentParser:
     set_.add_argument("--log-level", choices=LOG_LEVELS, type=str.upper, help="the agent's log level")
     set_.add_argument("--version", type=int, help="configuration version (default: the time in microseconds)")
     set_.add_argument("--kafka", metavar="HOST:PORT", help="Kafka bootstrap servers (default: from the settings)")
-    set_.add_argument("--settings", metavar="FILE", help="TOML settings file ([kafka] …); environment overrides it")
     set_.add_argument("--timeout-s", type=float, default=10.0, help="how long to wait for Kafka's confirmation")
-    set_.add_argument("--debug", action="store_true", help="log at debug level")
+    add_common_options(set_)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    configure(args.debug, "config")
+
+    def kafka_option(settings: ConfigCommandSettings) -> ConfigCommandSettings:
+        """``--kafka`` replaces the bootstrap servers of the settings."""
+        if not args.kafka:
+            return settings
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": args.kafka})
+        return settings.model_copy(update={"kafka": kafka})
+
+    settings = prepare(ConfigCommandSettings, args, "config", kafka_option)
+    if isinstance(settings, int):
+        return settings
     changes = {
         "muted": None if args.muted is None else args.muted == "true",
         "heartbeat_s": args.heartbeat_s,
@@ -130,15 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"edgecap config set: invalid configuration: {errors}\n")
         return 2
     try:
-        settings = ConfigCommandSettings.load(args.settings)
-    except ConfigError as exc:
-        sys.stderr.write(f"{exc}\n")
-        return 2
-    kafka = settings.kafka
-    if args.kafka:
-        kafka = kafka.model_copy(update={"bootstrap_servers": args.kafka})
-    try:
-        send_config(kafka, config, timeout_s=args.timeout_s)
+        send_config(settings.kafka, config, timeout_s=args.timeout_s)
     except ConfigNotSent as exc:
         log.error("%s", exc)
         return 1

@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from agents_sim import bridge_service
 from support import Agent, bridge_settings, make_segment, scrape, unique, wait_until
 
 from bridge.app import Bridge
 from contracts import encode
 from devtools.brokers import Mosquitto, Tansu, free_port
-
-REPO = Path(__file__).resolve().parents[2]
-
-# --- the test ---------------------------------------------------------------------------------
 
 P = "edgecap_bridge_"
 
@@ -71,31 +64,18 @@ def test_metrics_endpoint_counts_traffic(mosquitto: Mosquitto, kafka: Tansu) -> 
     assert scrape(port) == {}  # the endpoint is gone once the bridge stopped
 
 
-
 @pytest.mark.integration
 def test_json_log_lines(mosquitto: Mosquitto, kafka: Tansu, tmp_path: Path) -> None:
-    """``EDGECAP_LOG_FORMAT=json``: every line the bridge logs is one JSON object."""
+    """``log_format = "json"`` (``EDGECAP_BRIDGE_LOG_FORMAT``): every line the bridge logs is one JSON object."""
     name = unique("bridge")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECAP_")} | {
-        "EDGECAP_LOG_FORMAT": "json",
-        "EDGECAP_BRIDGE_MQTT__PORT": str(mosquitto.port),
-        "EDGECAP_BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
-        "EDGECAP_BRIDGE_CLIENT_ID": name,
-        "EDGECAP_BRIDGE_SHARED_GROUP": name,
-        "EDGECAP_BRIDGE_DOWNLINK": "false",
-    }
-    log_path = tmp_path / "bridge.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "bridge"], cwd=REPO, env=env, stdout=log, stderr=log)
+    bridge = bridge_service(mosquitto, kafka.bootstrap, tmp_path, client_id=name, log_format="json")
+    bridge.start()
     try:
-        wait_until(lambda: b"subscribed to" in log_path.read_bytes(), 20, "the subscription")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(20) == 0
+        wait_until(lambda: b"subscribed to" in bridge.log_path.read_bytes(), 20, "the subscription")
+        assert bridge.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    entries = [json.loads(line) for line in log_path.read_text().splitlines()]
+        bridge.kill()
+    entries = [json.loads(line) for line in bridge.log_path.read_text().splitlines()]
     assert entries and all(e["service"] == "bridge" and e["level"] and e["logger"] for e in entries)
     assert any(e["message"].startswith("subscribed to") for e in entries)
     assert any(e["message"] == f"bridge {name} stopped" for e in entries)

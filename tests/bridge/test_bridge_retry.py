@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from support import Agent, bridge_settings, make_segment, scrape, segment_seqs, unique, wait_until
 
@@ -45,7 +43,8 @@ def test_kafka_outage_longer_than_delivery_timeout(mosquitto: Mosquitto) -> None
                 for a in agents:
                     a.publish(encode(make_segment(a.agent_id, seq)))
             wait_until(lambda: scrape(port).get(P + "retried_total", 0) >= 8, 15, "retry rounds during the outage")
-            time.sleep(1.5)  # a few more rounds: nothing may leak through or pile up
+            # two more rounds of the 8 held records: nothing may leak through or pile up meanwhile
+            wait_until(lambda: scrape(port)[P + "retried_total"] >= 24, 15, "two more retry rounds")
             held = scrape(port)
             assert held[P + "intake_held"] == 1 and held[P + "acknowledged_total"] == 1
             assert held[P + "in_flight"] == 8 and held[P + "received_total"] <= 1 + 8 + 1  # bounded intake

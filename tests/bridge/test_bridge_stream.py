@@ -12,6 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from support import wait_until
 
 from bridge.mqtt import StreamClient
 from devtools.brokers import Mosquitto
@@ -35,6 +36,7 @@ class _Subscriber:
     """A persistent, manually acking StreamClient session on ``topic``."""
 
     def __init__(self, port: int, topic: str, client_id: str) -> None:
+        self.topic = topic
         self.received: list[mqtt.MQTTMessage] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
@@ -56,14 +58,18 @@ class _Subscriber:
             self.received.append(msg)
 
     def wait_for(self, n: int, timeout_s: float) -> list[mqtt.MQTTMessage]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self.lock:
-                if len(self.received) >= n:
-                    return list(self.received)
-            time.sleep(0.02)
+        wait_until(lambda: len(self.received) >= n, timeout_s, f"{n} messages")
         with self.lock:
             return list(self.received)
+
+    def payloads(self) -> list[bytes]:
+        with self.lock:
+            return [bytes(m.payload) for m in self.received]
+
+    def flush(self) -> None:
+        """Return once the broker has read everything this client sent so far (its acks): it answers
+        one connection's packets in order, so the PUBACK of a message sent now comes after."""
+        self.client.publish(f"{self.topic}-flush", b"", qos=1).wait_for_publish(10)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -82,7 +88,7 @@ def test_chunked_reads_keep_every_packet_whole_and_in_order(mosquitto: Mosquitto
         got = sub.wait_for(len(payloads), 30)
         assert [bytes(m.payload) for m in got] == payloads
         sub.client.ack_many([m.mid for m in got])
-        time.sleep(0.5)  # the PUBACKs leave in the network thread
+        sub.flush()  # the PUBACKs leave in the network thread
     finally:
         sub.close()
 
@@ -90,10 +96,9 @@ def test_chunked_reads_keep_every_packet_whole_and_in_order(mosquitto: Mosquitto
     again = _Subscriber(mosquitto.port, topic, sub.client._client_id.decode())
     try:
         _publish_all(mosquitto.port, topic, [b"after"])
-        got = again.wait_for(1, 10)
-        time.sleep(0.5)  # a redelivery would come before or around the new message
-        assert [bytes(m.payload) for m in again.received] == [b"after"]
-        again.client.ack_many([m.mid for m in got])
+        wait_until(lambda: b"after" in again.payloads(), 10, "the new message")
+        assert again.payloads() == [b"after"]  # a redelivery comes on connecting, before anything new
+        again.client.ack_many([m.mid for m in again.received])
     finally:
         again.close()
 
@@ -106,7 +111,7 @@ def test_unacknowledged_messages_are_redelivered(mosquitto: Mosquitto) -> None:
         _publish_all(mosquitto.port, topic, [b"a", b"b", b"c"])
         got = sub.wait_for(3, 10)
         sub.client.ack_many([got[0].mid])  # only the first
-        time.sleep(0.5)
+        sub.flush()
     finally:
         sub.close()
     again = _Subscriber(mosquitto.port, topic, client_id)

@@ -27,7 +27,7 @@ from edge_agent.link import MqttLink
 from edge_agent.outbox import Outbox
 from edge_agent.remote import RemoteConfig, config_path
 from edge_agent.settings import AgentSettings
-from edge_agent.vad import Segmenter, SpeechSegment, VadEvent, VadSegmenter
+from edge_agent.vad import Segmenter, SpeechSegment, VadEvent, WebrtcSegmenter
 from edgecap.admin.config import ConfigNotSent, send_config
 from edgecap.admin.config import main as config_main
 from edgecap.admin.devices import ACL_FILE, BRIDGE_ACCOUNT, new_password, set_password
@@ -95,7 +95,7 @@ def test_agent_config_refuses_unknown_keys_and_out_of_range_values(field: str, v
 
 
 def test_only_newer_versions_are_applied_and_stale_ones_are_counted(tmp_path: Path, root_level: None) -> None:
-    vad = VadSegmenter(aggressiveness=1)
+    vad = WebrtcSegmenter(aggressiveness=1)
     remote = RemoteConfig("pi-1", tmp_path / "c.json", heartbeat_s=10.0, vad=vad)
     assert remote.state() == (None, False)
     assert remote.apply(config(version=5, muted=True, heartbeat_s=2.5, vad_aggressiveness=3, log_level="WARNING"))
@@ -126,7 +126,7 @@ def test_each_applied_configuration_is_logged_whatever_level_it_sets(
 
 def test_vad_mode_is_ignored_with_a_warning_by_engines_without_one(caplog: pytest.LogCaptureFixture) -> None:
     class EnergySegmenter(Segmenter):
-        engine = "energy"
+        type_key = "energy"
 
         def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
             return bool(np.mean(samples**2) > 1e4)
@@ -156,7 +156,7 @@ def test_mute_discards_audio_before_the_vad_and_closes_the_open_segment(tmp_path
     unmute_at = next(i for i, (_, t) in enumerate(chunks) if t >= T0 + (third.end_s + fourth.start_s) / 2)
     mute_t, unmute_t = chunks[mute_at][1], chunks[unmute_at][1]
 
-    vad = VadSegmenter()
+    vad = WebrtcSegmenter()
     remote = RemoteConfig("pi-1", tmp_path / "c.json", heartbeat_s=10.0, vad=vad)
     events: list[VadEvent] = []
     for i, (pcm, t0) in enumerate(chunks):
@@ -291,6 +291,21 @@ def test_command_line_refuses_nothing_to_set_and_invalid_values(capsys: pytest.C
     err = capsys.readouterr().err
     assert "heartbeat_s" in err and "vad_aggressiveness" in err
     assert config_main(["set", "../evil", "--muted", "true"]) == 2
+
+
+def test_command_line_reads_its_settings_with_config_like_every_command(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = tmp_path / "config.toml"
+    settings.write_text('[kafka]\nbootstrap_servers = "kafka-0:9092"\nextra = { "sasl.password" = "hunter2" }\n')
+    assert config_main(["set", "pi-1", "--muted", "true", "--config", str(settings), "--check-config"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["kafka"]["bootstrap_servers"] == "kafka-0:9092" and "hunter2" not in json.dumps(shown)
+    argv = ["set", "pi-1", "--muted", "true", "--config", str(settings), "--kafka", "kafka-1:9092", "--check-config"]
+    assert config_main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["kafka"]["bootstrap_servers"] == "kafka-1:9092"
+    assert config_main(["set", "pi-1", "--muted", "true", "--config", str(tmp_path / "missing.toml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
 
 
 def test_send_config_raises_when_kafka_does_not_confirm() -> None:
@@ -453,8 +468,11 @@ def test_shipped_acl_lets_only_the_device_read_its_retained_configuration(kafka:
             forged = snoop.publish(c.mqtt_topic(a_id, c.Down.CONFIG), c.encode(config(a_id, version=7)), qos=1)
             wait_until(lambda: forged.mid in acks, 10, "the PUBACK of A's forged configuration")
             assert acks[forged.mid] == 0x87  # not authorised
-            time.sleep(0.5)  # anything misrouted to A would have arrived by now
-            assert [t for t in seen if "/config" in t] == [], f"A read configuration topics: {seen}"
+            # A's own configuration, sent after B's: on A's one connection anything misrouted to A comes first
+            send_config(KafkaSettings(bootstrap_servers=kafka.bootstrap), config(a_id, version=2))
+            own = c.mqtt_topic(a_id, c.Down.CONFIG)
+            wait_until(lambda: own in seen, 20, "A's own configuration")
+            assert [t for t in seen if "/config" in t] == [own], f"A read configuration topics: {seen}"
     finally:
         if snoop is not None:
             snoop.disconnect()

@@ -15,6 +15,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from cloud.dashboard import create_app
+from cloud.rule import reconcile
 from cloud.settings import DashboardSettings
 from cloud.store import Store
 from contracts import CloudTranscript, Draft, Transcript, new_segment_id
@@ -52,7 +53,8 @@ def store(tmp_path: Path) -> Iterator[Store]:
             ended_at=T0 + 3,
             transcript=Transcript(text=FINAL, model_id="whisper-tiny.en-hf", produced_at=T0 + 4),
             worker="w1",
-        )
+        ),
+        reconcile,
     )
     s.ids = {"final": finished, "draft": pending}  # type: ignore[attr-defined]
     yield s

@@ -7,22 +7,23 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from support import make_segment, wait_until
 
 from cloud.reconcile import Reconciler
+from cloud.rule import reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import Store
 from contracts import (
-    Audio,
     CloudTranscript,
     DeadLetter,
     DecodeError,
     Draft,
     Final,
     Kafka,
-    Segment,
     Transcript,
     decode,
     encode,
@@ -34,29 +35,20 @@ from runtime.settings import KafkaSettings
 AGENT = "pi-reconcile"
 
 
-def draft(segment_id: str, seq: int, text: str) -> Draft:
+def header(segment_id: str, seq: int) -> dict[str, Any]:
+    """What a draft and a transcript of one segment share: a segment that ended a second ago."""
     now = time.time()
-    return Draft(
-        agent_id=AGENT,
-        segment_id=segment_id,
-        seq=seq,
-        started_at=now - 3,
-        ended_at=now - 1,
-        draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=now),
-    )
+    return {"agent_id": AGENT, "segment_id": segment_id, "seq": seq, "started_at": now - 3, "ended_at": now - 1}
+
+
+def draft(segment_id: str, seq: int, text: str) -> Draft:
+    edge = Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=time.time())
+    return Draft(**header(segment_id, seq), draft=edge)
 
 
 def transcript(segment_id: str, seq: int, text: str) -> CloudTranscript:
-    now = time.time()
-    return CloudTranscript(
-        agent_id=AGENT,
-        segment_id=segment_id,
-        seq=seq,
-        started_at=now - 3,
-        ended_at=now - 1,
-        transcript=Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=now),
-        worker="test",
-    )
+    cloud = Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=time.time())
+    return CloudTranscript(**header(segment_id, seq), transcript=cloud, worker="test")
 
 
 def produce(kafka: Tansu, records: list[tuple[str, bytes]]) -> None:
@@ -104,10 +96,8 @@ class Running:
         self.thread.start()
 
     def wait_for(self, outcome: str, n: int, timeout_s: float = 20) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.reconciler.tally[outcome] < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert self.reconciler.tally[outcome] >= n, dict(self.reconciler.tally.counts)
+        tally = self.reconciler.tally
+        wait_until(lambda: tally[outcome] >= n, timeout_s, f"{n} {outcome}", detail=lambda: str(dict(tally.counts)))
 
     def close(self) -> None:
         self.stop.set()
@@ -209,7 +199,10 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
         # A transcript duplicated after its final went out changes nothing and publishes nothing.
         produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(ids[0], 0, "a second opinion")))])
         running.wait_for("duplicate_transcript", 2)
-        finals_reader.read_until(lambda v: False, 3)  # anything more would arrive by now
+        # the final of a segment transcribed after it: a final for the duplicate would have come first
+        later = new_segment_id()
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(later, 4, "The fields are green.")))])
+        finals_reader.read_until(lambda v: bool(finals_for(v, {later})), 20)
         counted = [f.segment_id for f in finals_for(finals_reader.values, wanted)]
         assert sorted(counted) == sorted(ids), "exactly one Final per segment"
         seg = store.get(ids[0])
@@ -224,8 +217,7 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
     try:
         new_id = new_segment_id()
         produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(new_id, 3, "My brother likes books.")))])
-        restarted.wait_for("final", 1)
-        time.sleep(1)
+        restarted.wait_for("final", 1)  # after anything read again before it in its partition
         tally = restarted.reconciler.tally
         assert tally["final"] == 1 and tally["duplicate_transcript"] == 0 and tally["dead_letter"] == 0
         seg = store.get(new_id)
@@ -242,14 +234,9 @@ def test_drafts_come_from_the_segments_the_bridge_forwards(
     skips a segment without one, and leaves an undecodable segment to the transcriber (no second
     dead letter)."""
     with_draft, without_draft = new_segment_id(), new_segment_id()
-    now = time.time()
 
     def segment(segment_id: str, seq: int, text: str | None) -> bytes:
-        return encode(Segment(
-            agent_id=AGENT, segment_id=segment_id, seq=seq, started_at=now - 2, ended_at=now - 1,
-            audio=Audio(sample_rate=16000, data=bytes(32000)),
-            draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=now) if text else None,
-        ))
+        return encode(make_segment(AGENT, seq, segment_id=segment_id, seconds=1.0, draft=text or False))
 
     running = Running(settings, store)
     try:
@@ -260,10 +247,13 @@ def test_drafts_come_from_the_segments_the_bridge_forwards(
         ])
         running.wait_for("bad_segment", 1)  # (the topics hold earlier tests' records too: wait for ours)
         produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(with_draft, 0, "The quick brown fox.")))])
-        deadline = time.monotonic() + 20
-        while (seg := store.get(with_draft)) is None or seg["final"] is None:
-            assert time.monotonic() < deadline, "no final for the segment"
-            time.sleep(0.05)
+
+        def final_stored() -> bool:
+            seg = store.get(with_draft)
+            return seg is not None and seg["final"] is not None
+
+        wait_until(final_stored, 20, "the segment's final")
+        seg = store.get(with_draft)
         assert seg is not None and seg["draft"] is not None and seg["draft"]["text"] == "the quick brown fox"
         assert seg["final"] is not None and seg["final"]["text"] == "The quick brown fox."
         assert store.get(without_draft) is None
@@ -277,7 +267,7 @@ def test_final_stored_but_never_published_is_sent_on_redelivery(
 ) -> None:
     sid = new_segment_id()
     t = transcript(sid, 0, "After dinner the children played.")
-    assert store.record_final(t) is not None  # as if a reconciler crashed before producing the Final
+    assert store.record_final(t, reconcile) is not None  # as if a reconciler crashed before producing the Final
     produce(kafka, [(Kafka.TRANSCRIPTS, encode(t))])
 
     reader = TopicReader(kafka, Kafka.FINALS)

@@ -5,38 +5,33 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from cloud.rule import reconcile
 from cloud.store import Store
 from contracts import CloudTranscript, Draft, Transcript, new_segment_id
 
 T0 = 1_700_000_000.0
 
 
+def header(segment_id: str, seq: int, agent_id: str) -> dict[str, Any]:
+    """What a draft and a transcript of one segment share: segment ``seq`` starts ``10 * seq`` s after T0."""
+    start = T0 + seq * 10
+    return {"agent_id": agent_id, "segment_id": segment_id, "seq": seq, "started_at": start, "ended_at": start + 2.5}
+
+
 def make_draft(segment_id: str, seq: int = 0, text: str = "hello wrld", agent_id: str = "pi-1") -> Draft:
-    return Draft(
-        agent_id=agent_id,
-        segment_id=segment_id,
-        seq=seq,
-        started_at=T0 + seq * 10,
-        ended_at=T0 + seq * 10 + 2.5,
-        draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 10 + 3),
-    )
+    edge = Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 10 + 3)
+    return Draft(**header(segment_id, seq, agent_id), draft=edge)
 
 
 def make_transcript(
     segment_id: str, seq: int = 0, text: str = "Hello world.", agent_id: str = "pi-1"
 ) -> CloudTranscript:
-    return CloudTranscript(
-        agent_id=agent_id,
-        segment_id=segment_id,
-        seq=seq,
-        started_at=T0 + seq * 10,
-        ended_at=T0 + seq * 10 + 2.5,
-        transcript=Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=T0 + seq * 10 + 4),
-        worker="test-worker",
-    )
+    cloud = Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=T0 + seq * 10 + 4)
+    return CloudTranscript(**header(segment_id, seq, agent_id), transcript=cloud, worker="test-worker")
 
 
 @pytest.fixture
@@ -53,7 +48,7 @@ def test_draft_then_final(store: Store) -> None:
     assert seg is not None and seg["draft"] is not None and seg["final"] is None
     assert seg["draft"]["text"] == "hello wrld"
 
-    final = store.record_final(make_transcript(sid))
+    final = store.record_final(make_transcript(sid), reconcile)
     assert final is not None
     assert (final.text, final.source, final.version, final.draft_text) == ("Hello world.", "cloud", 2, "hello wrld")
 
@@ -70,7 +65,7 @@ def test_draft_then_final(store: Store) -> None:
 
 def test_final_before_draft(store: Store) -> None:
     sid = new_segment_id()
-    final = store.record_final(make_transcript(sid))
+    final = store.record_final(make_transcript(sid), reconcile)
     assert final is not None and final.source == "cloud" and final.draft_text is None
     seg = store.get(sid)
     assert seg is not None and seg["draft"] is None and seg["final"] is not None
@@ -87,7 +82,7 @@ def test_final_before_draft(store: Store) -> None:
 def test_empty_cloud_text_keeps_the_draft(store: Store) -> None:
     sid = new_segment_id()
     store.upsert_draft(make_draft(sid, text="turn left"))
-    final = store.record_final(make_transcript(sid, text="  "))
+    final = store.record_final(make_transcript(sid, text="  "), reconcile)
     assert final is not None and (final.text, final.source, final.version) == ("turn left", "edge", 2)
     seg = store.get(sid)
     assert seg is not None and seg["final"] is not None
@@ -98,8 +93,8 @@ def test_duplicates(store: Store) -> None:
     sid = new_segment_id()
     assert store.upsert_draft(make_draft(sid)) is True
     assert store.upsert_draft(make_draft(sid, text="changed")) is False
-    assert store.record_final(make_transcript(sid)) is not None
-    assert store.record_final(make_transcript(sid, text="a different text")) is None
+    assert store.record_final(make_transcript(sid), reconcile) is not None
+    assert store.record_final(make_transcript(sid, text="a different text"), reconcile) is None
     seg = store.get(sid)
     assert seg is not None and seg["draft"] is not None and seg["final"] is not None
     assert (seg["draft"]["text"], seg["final"]["text"]) == ("hello wrld", "Hello world.")
@@ -109,7 +104,7 @@ def test_duplicates(store: Store) -> None:
 
 def test_unpublished_final_until_marked(store: Store) -> None:
     sid = new_segment_id()
-    final = store.record_final(make_transcript(sid))
+    final = store.record_final(make_transcript(sid), reconcile)
     assert store.unpublished_final(sid) == final
     store.mark_published([sid])
     assert store.unpublished_final(sid) is None
@@ -127,7 +122,7 @@ def test_exactly_one_final_when_two_reconcilers_race(tmp_path: Path) -> None:
     def reconciler(n: int) -> None:
         start.wait()
         for i, sid in enumerate(ids):
-            final = stores[n].record_final(make_transcript(sid, seq=i, text=f"text from reconciler {n}"))
+            final = stores[n].record_final(make_transcript(sid, seq=i, text=f"text from reconciler {n}"), reconcile)
             if final is not None:
                 won[n].append(sid)
 
@@ -155,7 +150,7 @@ def test_list_newest_first_and_by_agent(store: Store) -> None:
         ids[seq] = new_segment_id()
         store.upsert_draft(make_draft(ids[seq], seq=seq))
     other = new_segment_id()
-    store.record_final(make_transcript(other, seq=5, agent_id="laptop-2"))
+    store.record_final(make_transcript(other, seq=5, agent_id="laptop-2"), reconcile)
 
     listed = store.list_segments()
     assert [s["segment_id"] for s in listed] == [other, ids[3], ids[2], ids[1], ids[0]]

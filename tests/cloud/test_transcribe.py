@@ -19,10 +19,10 @@ from cloud.audio import to_float32
 from cloud.settings import WorkerSettings
 from cloud.transcribe import TranscribeWorker
 from contracts import Audio, CloudTranscript, DeadLetter, Kafka, Segment, Transcript, decode, encode, new_segment_id
+from devtools import SAMPLES_DIR
 from devtools.brokers import Tansu
 from runtime.settings import KafkaSettings
 
-SAMPLES = Path(__file__).resolve().parents[2] / "devtools" / "samples"
 AGENT = "pi-transcribe"
 
 try:
@@ -42,9 +42,9 @@ except ImportError:  # pragma: no cover - the shared WER module is another engin
 
 def utterances() -> list[tuple[str, np.ndarray]]:
     """(reference text, PCM16 samples) of each utterance of the bundled sample."""
-    wav_path, meta_path = SAMPLES / "sample.wav", SAMPLES / "sample.json"
+    wav_path, meta_path = SAMPLES_DIR / "sample.wav", SAMPLES_DIR / "sample.json"
     if not (wav_path.exists() and meta_path.exists()):
-        pytest.skip(f"sample recording missing in {SAMPLES}")
+        pytest.skip(f"sample recording missing in {SAMPLES_DIR}")
     meta = json.loads(meta_path.read_text())
     with wave.open(str(wav_path)) as w:
         assert (w.getframerate(), w.getnchannels(), w.getsampwidth()) == (16000, 1, 2)

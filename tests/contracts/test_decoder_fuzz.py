@@ -74,7 +74,7 @@ def messages(draw: st.DrawFn) -> Any:
             version=draw(st.integers(1, 10)), transcript=draw(transcripts), draft_text=draw(st.none() | texts),
         )
     if kind is c.Receipt:
-        rejections = st.builds(c.Rejection, segment_id=segment_ids, reason=texts, detail=texts)
+        rejections = st.builds(c.Rejection, segment_id=segment_ids, reason=st.sampled_from(c.Reason), detail=texts)
         return c.Receipt(agent_id=ids["agent_id"], accepted=draw(st.lists(segment_ids, max_size=5)),
                          rejected=draw(st.lists(rejections, max_size=3)), issued_at=draw(times))
     if kind is c.Status:
@@ -95,7 +95,8 @@ def messages(draw: st.DrawFn) -> Any:
         )
     assert kind is c.DeadLetter
     return c.DeadLetter(
-        reason=draw(texts), detail=draw(texts), source=draw(texts), agent_id=draw(st.none() | texts),
+        reason=draw(st.sampled_from(c.Reason)), detail=draw(texts), source=draw(texts),
+        agent_id=draw(st.none() | texts),
         received_at=draw(times), payload=draw(st.binary(max_size=200)), truncated=draw(st.booleans()),
     )
 

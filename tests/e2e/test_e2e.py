@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from devtools import SAMPLES_DIR
 from devtools.brokers import free_port
 from devtools.wer import wer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.models]
-
-SAMPLES = Path(__file__).resolve().parents[2] / "devtools" / "samples"
 
 
 def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_dir: Path) -> None:
@@ -30,8 +29,8 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted(tmp_path.glob("*.log")))
     assert run.returncode == 0, f"{run.stderr[-3000:]}\n{logs}"
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    reference = (SAMPLES / "sample.txt").read_text()
-    utterances = len(json.loads((SAMPLES / "sample.json").read_text())["utterances"])
+    reference = (SAMPLES_DIR / "sample.txt").read_text()
+    utterances = len(json.loads((SAMPLES_DIR / "sample.json").read_text())["utterances"])
 
     assert summary["segments"] == utterances
     assert summary["finals"] == summary["segments"] and summary["lost"] == 0

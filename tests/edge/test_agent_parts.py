@@ -10,12 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import REPO
 
+from devtools import SAMPLES_DIR
 from edge_agent.capture import FileSource, load_audio, resample
 from edge_agent.settings import AgentSettings
 from runtime.settings import ConfigError
 
-SAMPLE = Path(__file__).resolve().parents[2] / "devtools" / "samples" / "sample.wav"
+SAMPLE = SAMPLES_DIR / "sample.wav"
 
 
 def test_settings_from_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -86,7 +88,7 @@ def test_edge_install_stays_small() -> None:
     """The device needs no torch or transformers: not in the extra, and not imported by the agent."""
     import tomllib
 
-    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())
     edge = " ".join(extras["project"]["optional-dependencies"]["edge"]).lower()
     assert "torch" not in edge and "transformers" not in edge
     code = (

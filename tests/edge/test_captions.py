@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import wait_until
 
 from contracts import Final, Transcript
 from edge_agent.captions import CaptionError, CaptionSink, srt_time, vtt_time
@@ -159,9 +160,7 @@ def test_bursts_are_coalesced_and_written_without_close(tmp_path: Path) -> None:
     sink.draft("a", 0, 1.0, 2.0, transcript("first", 2.1))  # idle before: written at once
     sink.draft("b", 1, 3.0, 4.0, transcript("second", 4.1))  # within the interval: deferred
     assert [r["segment_id"] for r in records(sink.jsonl_path)] == ["a"]
-    deadline = time.monotonic() + 5
-    while len(records(sink.jsonl_path)) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(records(sink.jsonl_path)) >= 2, 5, "the deferred write")
     assert [r["segment_id"] for r in records(sink.jsonl_path)] == ["a", "b"]
     sink.flush()  # waits for the timer's write to finish; nothing left to write
     assert sink.counters["writes"] == 2

@@ -11,12 +11,12 @@ import importlib.util
 import io
 import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from devtools import SAMPLES_DIR
 from edge_agent.capture import (
     SAMPLE_RATE,
     CaptureError,
@@ -30,7 +30,7 @@ from edge_agent.capture.convert import PcmConverter
 from edge_agent.capture.microphone import PA_INT16, Microphone, list_devices, select_device
 from edge_agent.settings import InputSettings
 
-SAMPLE = Path(__file__).resolve().parents[2] / "devtools" / "samples" / "sample.wav"
+SAMPLE = SAMPLES_DIR / "sample.wav"
 
 
 def tone(freq: float, rate: int, seconds: float, amplitude: float = 0.5) -> np.ndarray:

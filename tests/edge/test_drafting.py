@@ -17,11 +17,11 @@ import pytest
 from contracts import Audio, Segment, Transcript, Up, decode, encode, mqtt_topic
 from devtools.speech import sample_recording
 from devtools.wer import wer
-from edge_agent.asr import OnnxWhisper
+from edge_agent.asr import OnnxWhisper, SpeechRecognizer
 from edge_agent.captions import CaptionSink
 from edge_agent.drafting import Drafter
 from edge_agent.outbox import Outbox
-from edge_agent.vad import Pause, SpeechSegment, VadEvent, VadSegmenter
+from edge_agent.vad import Pause, SpeechSegment, VadEvent, VadTiming, WebrtcSegmenter
 
 pytestmark = pytest.mark.models
 RATE = 16000
@@ -72,14 +72,14 @@ def _utterance(pcm: bytes, index: int, before: float = 0.4, after: float = 1.0) 
 
 
 def _vad_events(pcm: bytes) -> list[VadEvent]:
-    vad = VadSegmenter(pause_ms=150, hangover_ms=600)
+    vad = WebrtcSegmenter(timing=VadTiming(pause_ms=150, hangover_ms=600))
     return vad.process(pcm, T0) + vad.flush()
 
 
 class Rig:
     """A drafter wired to a real caption sink and a real outbox, as the agent wires it."""
 
-    def __init__(self, tmp_path: Path, asr: OnnxWhisper, early_window_s: float | None) -> None:
+    def __init__(self, tmp_path: Path, asr: SpeechRecognizer, early_window_s: float | None) -> None:
         self.captions = CaptionSink(tmp_path / "captions", terminal=False, write_interval_s=0)
         self.outbox = Outbox(tmp_path / "outbox.sqlite3")
         self.drafter = Drafter(asr, self.captions, self.commit, early_window_s=early_window_s,

@@ -12,14 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import REPO
 
+from contracts.manifest import ModelManifest
+from devtools import SAMPLES_DIR
 from devtools.wer import wer
-from edge_agent.asr import ENGINES, ModelNotPrepared, OnnxWhisper
+from edge_agent.asr import ENGINES, ModelNotPrepared, OnnxWhisper, SpeechRecognizer
 from edge_agent.asr.mel import log_mel
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "devtools" / "samples" / "sample.wav"
+SAMPLE = SAMPLES_DIR / "sample.wav"
 MEL_TOLERANCE = 2e-5
 
 
@@ -58,7 +60,7 @@ def test_log_mel_matches_whisper_feature_extractor() -> None:
 
 
 def test_engines_are_chosen_by_name() -> None:
-    assert ENGINES["onnx"] is OnnxWhisper
+    assert ENGINES.get("onnx") is OnnxWhisper and issubclass(OnnxWhisper, SpeechRecognizer)
 
 
 def test_missing_model_dir_says_how_to_prepare(tmp_path: Path) -> None:
@@ -66,7 +68,41 @@ def test_missing_model_dir_says_how_to_prepare(tmp_path: Path) -> None:
         OnnxWhisper(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{"model_id": "whisper-x"', "Invalid JSON"),
+        ('{"model_id": "whisper-x", "name": "x"}', "multilingual: Field required"),
+        ("{}", "n_mels: Field required"),
+    ],
+)
+def test_an_invalid_manifest_is_refused_naming_the_file(content: str, problem: str, tmp_path: Path) -> None:
+    for name in ("encoder.onnx", "decoder.onnx", "tokenizer.json"):
+        (tmp_path / name).write_bytes(b"")
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(content)
+    with pytest.raises(ModelNotPrepared, match="edgecap models prepare") as info:
+        OnnxWhisper(tmp_path)
+    assert str(manifest) in str(info.value) and problem in str(info.value)
+
+
+def test_the_manifest_keeps_its_json_and_n_frames_is_optional(onnx_dir: Path, tmp_path: Path) -> None:
+    path = onnx_dir / "manifest.json"
+    if not path.is_file():
+        pytest.skip(f"no prepared model in {onnx_dir}")
+    manifest = ModelManifest.load(path)
+    assert manifest.model_id == "whisper-tiny.en-int8-onnx" and manifest.tokens.sot == 50257
+    copy = tmp_path / "manifest.json"
+    manifest.write(copy)
+    assert json.loads(copy.read_text()) == json.loads(path.read_text())  # what older builds wrote still loads
+    older = json.loads(path.read_text())
+    del older["n_frames"]
+    copy.write_text(json.dumps(older))
+    assert ModelManifest.load(copy).n_frames == 3000
+
+
 @pytest.mark.models
+@pytest.mark.perf  # the real-time factor
 def test_transcribes_the_sample(whisper: OnnxWhisper, onnx_dir: Path) -> None:
     audio, reference = _sample()
     started = time.time()
@@ -75,8 +111,8 @@ def test_transcribes_the_sample(whisper: OnnxWhisper, onnx_dir: Path) -> None:
     error = wer(reference, transcript.text)
     print(f"OnnxWhisper tiny.en int8, 2 threads: RTF {rtf:.3f}, WER {error:.1%}: {transcript.text}")
     assert error <= 0.10, transcript.text
-    manifest = json.loads((onnx_dir / "manifest.json").read_text())
-    assert transcript.model_id == manifest["model_id"] == "whisper-tiny.en-int8-onnx"
+    manifest = ModelManifest.load(onnx_dir / "manifest.json")
+    assert transcript.model_id == manifest.model_id == "whisper-tiny.en-int8-onnx"
     assert transcript.language == "en"
     assert started <= transcript.produced_at <= time.time()
     [segment] = transcript.segments
@@ -132,10 +168,11 @@ def test_runtime_imports_no_torch_or_transformers(onnx_dir: Path) -> None:
     code = f"""
 import sys, wave, numpy as np
 from pathlib import Path
-from edge_agent.asr import ENGINES
+from edge_agent.asr import create_recognizer
+from edge_agent.settings import AsrSettings
 with wave.open({str(SAMPLE)!r}) as w:
     audio = np.frombuffer(w.readframes(16000 * 3), "<i2").astype(np.float32) / 32768.0
-text = ENGINES["onnx"](Path({str(onnx_dir)!r})).transcribe(audio).text
+text = create_recognizer(AsrSettings(model_dir=Path({str(onnx_dir)!r}))).transcribe(audio).text
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "librosa"))
 print(repr(text), heavy)
 assert text and not heavy, heavy

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-from support import keyed, read_topic, wait_until
+from support import bridge_settings, read_keyed, unique, wait_until
 
 from contracts import DeadLetter, Frame, Image, Kafka, Reason, Up, decode, encode, mqtt_topic
 from devtools.brokers import Mosquitto, Tansu
@@ -150,25 +149,14 @@ def test_bridge_validation_of_frames() -> None:
 # --- through the real brokers --------------------------------------------------------------
 
 
-def read_keyed(bootstrap: str, topic: str, key: str, want: int, timeout_s: float = 20) -> list[bytes]:
-    """The values keyed ``key`` in ``topic``, once ``want`` are there (or the timeout)."""
-    return keyed(read_topic(bootstrap, topic, lambda r: len(keyed(r, key)) >= want, timeout_s=timeout_s), key)
-
-
 @pytest.mark.integration
 def test_frames_reach_kafka_through_outbox_link_and_bridge(tmp_path: Path, mosquitto: Mosquitto, kafka: Tansu) -> None:
     from bridge.app import Bridge
-    from bridge.settings import BridgeSettings
     from edge_agent.link import MqttLink
-    from runtime.settings import KafkaSettings, MqttSettings
+    from runtime.settings import MqttSettings
 
-    agent_id = f"cam-{uuid.uuid4().hex[:8]}"
-    name = f"bridge-{uuid.uuid4().hex[:8]}"
-    bridge = Bridge(BridgeSettings.load(
-        mqtt=MqttSettings(port=mosquitto.port, session_expiry_s=30),
-        kafka=KafkaSettings(bootstrap_servers=kafka.bootstrap, client_id=name),
-        client_id=name, shared_group=name, downlink=False,
-    ))
+    agent_id = unique("cam")
+    bridge = Bridge(bridge_settings(mosquitto, kafka.bootstrap))
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     link = MqttLink(agent_id, MqttSettings(port=mosquitto.port, session_expiry_s=30), outbox,
                     on_final=lambda _f: None, resend_after_s=5.0)

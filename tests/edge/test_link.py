@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from support import commit_segments, wait_until
 
 from contracts import (
-    Audio,
     Down,
     Final,
     Receipt,
@@ -38,32 +37,30 @@ from runtime.settings import MqttSettings
 pytestmark = pytest.mark.integration
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 class FakeBridgePeer:
-    """The bridge's side of the MQTT protocol, driven by the test."""
+    """The bridge's side of the MQTT protocol, driven by the test; with ``statuses``, it also reads
+    the agents' status messages, which come on its one connection in the order they were sent."""
 
-    def __init__(self, port: int, auto_receipt: bool = False) -> None:
+    def __init__(self, port: int, auto_receipt: bool = False, statuses: bool = False) -> None:
         self.auto_receipt = auto_receipt
         self.received: list[Segment] = []
+        self.statuses: list[Status] = []
         self.lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_message = self._on_message
         subscribed = threading.Event()
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe(mqtt_filter(Up.SEGMENTS), qos=1)
+        channels = [Up.SEGMENTS, Up.STATUS] if statuses else [Up.SEGMENTS]
+        self.client.subscribe([(mqtt_filter(channel), 1) for channel in channels])
         self.client.loop_start()
         assert subscribed.wait(10), "the peer's subscription was not acknowledged"
 
     def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic.endswith(Up.STATUS.value):
+            with self.lock:
+                self.statuses.append(decode(bytes(msg.payload), Status))
+            return
         segment = decode(msg.payload, Segment)
         with self.lock:
             self.received.append(segment)
@@ -80,46 +77,40 @@ class FakeBridgePeer:
         self.client.disconnect()
 
 
-def add_segments(box: Outbox, agent_id: str, n: int) -> list[str]:
-    ids = []
-    for i in range(n):
-        sid = f"{agent_id}-s{i}"
-
-        def build(seq: int, sid: str = sid) -> bytes:
-            return encode(Segment(agent_id=agent_id, segment_id=sid, seq=seq, started_at=1.0, ended_at=2.0,
-                                  audio=Audio(sample_rate=16000, data=b"\0\0" * 160)))
-
-        box.append(sid, mqtt_topic(agent_id, Up.SEGMENTS), build)
-        ids.append(sid)
-    return ids
-
-
 def test_receipts_delete_and_order_is_kept(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    peer = FakeBridgePeer(mosquitto.port)
+    peer = FakeBridgePeer(mosquitto.port, statuses=True)
     box = Outbox(tmp_path / "o.db")
     finals: list[Final] = []
     link = MqttLink("link-a", MqttSettings(port=mosquitto.port), box, on_final=finals.append, resend_after_s=30)
     link.start()
     try:
-        ids = add_segments(box, "link-a", 20)
+        ids = commit_segments(box, "link-a", 20)
         link.notify()
-        assert wait_for(lambda: len(peer.received) >= 1)
-        time.sleep(0.3)
+        wait_until(lambda: len(peer.received) >= 1, 10, "the first segment")
+        # a status sent now arrives after anything the link published before it
+        def statuses() -> int:
+            return sum(s.agent_id == "link-a" for s in peer.statuses)
+
+        before = statuses()
+        link.publish_status()
+        wait_until(lambda: statuses() > before, 10, "the status published after the first segment")
         assert len(peer.received) == 1  # after a connect, the oldest goes alone until its receipt proves the way
+        assert link.counters["published"] == 1
         peer.send(Receipt(agent_id="link-a", accepted=ids[:1], issued_at=time.time()))
-        assert wait_for(lambda: len(peer.received) >= 20)
+        wait_until(lambda: len(peer.received) >= 20, 10, "the other 19 segments")
         assert [s.seq for s in peer.received[:20]] == list(range(20))
         assert box.depth() == 19  # PUBACKs are not receipts
         peer.send(Receipt(agent_id="link-a", accepted=ids[1:15],
                           rejected=[Rejection(segment_id=ids[15], reason="bad_audio")], issued_at=time.time()))
-        assert wait_for(lambda: box.depth() == 4)
+        wait_until(lambda: box.depth() == 4, 10, "15 receipted and 1 rejected segment deleted")
         assert [e.segment_id for e in box.due(10, 0)] == ids[16:]
         assert link.counters["receipted"] == 15 and link.counters["rejected"] == 1
         assert link.counters["published"] == 20 and link.counters["resent"] == 0
         t = Transcript(text="final text", model_id="cloud", produced_at=3.0)
         peer.send(Final(agent_id="link-a", segment_id=ids[0], seq=0, started_at=1, ended_at=2, text="final text",
                         source="cloud", version=2, transcript=t))
-        assert wait_for(lambda: len(finals) == 1) and finals[0].text == "final text"
+        wait_until(lambda: len(finals) == 1, 10, "the final")
+        assert finals[0].text == "final text"
     finally:
         link.stop()
         peer.close()
@@ -131,12 +122,12 @@ def test_unreceipted_segments_are_resent(tmp_path: Path, mosquitto: Mosquitto) -
     link = MqttLink("link-b", MqttSettings(port=mosquitto.port), box, on_final=lambda f: None, resend_after_s=0.5)
     link.start()
     try:
-        (sid,) = add_segments(box, "link-b", 1)
+        (sid,) = commit_segments(box, "link-b", 1)
         link.notify()
-        assert wait_for(lambda: sum(s.segment_id == sid for s in peer.received) >= 3)
+        wait_until(lambda: sum(s.segment_id == sid for s in peer.received) >= 3, 10, "two resends")
         assert link.counters["resent"] >= 2
         peer.send(Receipt(agent_id="link-b", accepted=[sid], issued_at=time.time()))
-        assert wait_for(lambda: box.depth() == 0)
+        wait_until(lambda: box.depth() == 0, 10, "the receipted segment deleted")
     finally:
         link.stop()
         peer.close()
@@ -151,14 +142,14 @@ def test_broker_restart_then_everything_is_delivered(tmp_path: Path) -> None:
         try:
             assert link.connected.wait(10)
             broker.kill()
-            assert wait_for(lambda: not link.connected.is_set())
-            ids = add_segments(box, "link-c", 10)  # captured while the broker is down
+            wait_until(lambda: not link.connected.is_set(), 10, "the link to notice")
+            ids = commit_segments(box, "link-c", 10)  # captured while the broker is down
             link.notify()
             broker.start()
             peer = FakeBridgePeer(broker.port, auto_receipt=True)
             assert link.connected.wait(40)
-            assert wait_for(lambda: {s.segment_id for s in peer.received} >= set(ids), 20)
-            assert wait_for(lambda: box.depth() == 0)
+            wait_until(lambda: {s.segment_id for s in peer.received} >= set(ids), 20, "every segment")
+            wait_until(lambda: box.depth() == 0, 10, "every receipt")
             first = list(dict.fromkeys(s.segment_id for s in peer.received))
             assert first == ids  # first arrivals in seq order
             peer.close()
@@ -176,9 +167,9 @@ def test_unreceipted_segments_back_off_exponentially_up_to_the_cap(tmp_path: Pat
     link.start()
     try:
         assert link.connected.wait(10)
-        (sid,) = add_segments(box, "link-d", 1)
+        (sid,) = commit_segments(box, "link-d", 1)
         link.notify()
-        assert wait_for(lambda: len(arrivals) >= 5, 10)
+        wait_until(lambda: len(arrivals) >= 5, 10, "four resends")
         gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)][:4]
         # nominal 0.4, 0.8, then the 1.0 cap; jitter ±20 %, plus a little delivery slack
         assert 0.3 <= gaps[0] <= 0.6, gaps
@@ -186,7 +177,7 @@ def test_unreceipted_segments_back_off_exponentially_up_to_the_cap(tmp_path: Pat
         assert all(0.75 <= g <= 1.35 for g in gaps[2:]), gaps
         assert link.counters["published"] == 1 and link.counters["resent"] >= 4
         peer.send(Receipt(agent_id="link-d", accepted=[sid], issued_at=time.time()))
-        assert wait_for(lambda: box.depth() == 0)
+        wait_until(lambda: box.depth() == 0, 10, "the receipted segment deleted")
         assert link.counters["receipts"] == 1 and link.counters["receipted"] == 1
     finally:
         link.stop()
@@ -206,12 +197,12 @@ def test_retained_status_is_the_heartbeat(tmp_path: Path, mosquitto: Mosquitto) 
     link.start()
     try:
         assert link.connected.wait(10)
-        add_segments(box, "link-e", 3)
+        commit_segments(box, "link-e", 3)
         health.record_inference(audio_s=2.0, compute_s=0.1)
         health.record_inference(audio_s=2.0, compute_s=0.3)
         sum(i * i for i in range(300_000))  # some CPU to measure
         link.publish_status()
-        assert wait_for(lambda: any(s.online and s.asr_rtf is not None for s in statuses))
+        wait_until(lambda: any(s.online and s.asr_rtf is not None for s in statuses), 10, "the status with health")
         status = [s for s in statuses if s.asr_rtf is not None][-1]
         assert status.queue_depth == 3 and status.oldest_age_s >= 0
         assert status.asr_rtf == pytest.approx(0.1)
@@ -220,6 +211,6 @@ def test_retained_status_is_the_heartbeat(tmp_path: Path, mosquitto: Mosquitto) 
         assert status.uptime_s is not None and status.quota_full is False and status.dropped_segments == 0
     finally:
         link.stop()
-    assert wait_for(lambda: not statuses[-1].online)  # the last word: offline, retained
+    wait_until(lambda: not statuses[-1].online, 10, "the last word: offline, retained")
     watcher.loop_stop()
     watcher.disconnect()

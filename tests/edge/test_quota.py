@@ -132,7 +132,7 @@ def test_the_status_carries_the_flag_and_the_counts(tmp_path: Path) -> None:
 def test_a_segment_without_audio_still_passes_the_bridge_and_keeps_its_draft_as_final() -> None:
     from bridge.validation import check_segment
     from cloud.audio import to_float32
-    from cloud.store import reconcile
+    from cloud.rule import reconcile
 
     raw = strip_audio(segment("q0", 0))
     assert raw is not None
@@ -141,5 +141,5 @@ def test_a_segment_without_audio_still_passes_the_bridge_and_keeps_its_draft_as_
     assert to_float32(checked.audio).size == 0  # the worker's engines answer "" for empty audio
     cloud = CloudTranscript(agent_id=AGENT, segment_id="q0", seq=0, started_at=1, ended_at=2, worker="w",
                             transcript=Transcript(text="", model_id="cloud", produced_at=time.time()))
-    final = reconcile(cloud, checked.draft.text, checked.draft.model_id)
+    final = reconcile(cloud, checked.draft.text)
     assert (final.source, final.text) == ("edge", "draft of q0")

@@ -13,13 +13,14 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from support import commit_segments, wait_until
 
-from contracts import Audio, Down, Receipt, Segment, Up, decode, encode, mqtt_filter, mqtt_topic
+from contracts import Down, Receipt, Segment, Up, decode, encode, mqtt_filter, mqtt_topic
 from devtools.brokers import Mosquitto, free_port
 from edge_agent.link import IdentityError, MqttLink, apply_credentials
 from edge_agent.outbox import Outbox
@@ -81,29 +82,26 @@ def cert_broker(pki: Path) -> Iterator[Mosquitto]:
         yield broker
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def try_connect(settings: MqttSettings, client_id: str) -> str:
     """Connect once with ``settings``: 'ok', the broker's refusal, or the TLS error."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     apply_credentials(client, settings)
     result: list[str] = []
-    client.on_connect = lambda _c, _u, _f, reason, _p: result.append("ok" if not reason.is_failure else str(reason))
-    client.on_disconnect = lambda _c, _u, _f, reason, _p: result.append(f"refused: disconnected ({reason})")
+    answered = threading.Event()
+
+    def answer(text: str) -> None:
+        result.append(text)
+        answered.set()
+
+    client.on_connect = lambda _c, _u, _f, reason, _p: answer("ok" if not reason.is_failure else str(reason))
+    client.on_disconnect = lambda _c, _u, _f, reason, _p: answer(f"refused: disconnected ({reason})")
     try:
         client.connect(settings.host, settings.port)
     except OSError as exc:  # ssl.SSLError is an OSError
         return f"refused: {exc}"
     client.loop_start()
     try:
-        wait_for(lambda: bool(result), 5)
+        answered.wait(5)
     finally:
         client.loop_stop()
         client.disconnect()
@@ -139,15 +137,6 @@ class Peer:
         self.client.disconnect()
 
 
-def add_segments(box: Outbox, n: int) -> list[str]:
-    ids = [f"{AGENT}-s{i}" for i in range(n)]
-    for sid in ids:
-        box.append(sid, mqtt_topic(AGENT, Up.SEGMENTS), lambda seq, sid=sid: encode(Segment(
-            agent_id=AGENT, segment_id=sid, seq=seq, started_at=1, ended_at=2,
-            audio=Audio(sample_rate=16000, data=b"\0\0" * 1600))))
-    return ids
-
-
 def cert_settings(pki: Path, port: int, name: str) -> MqttSettings:
     return MqttSettings(host="localhost", port=port, tls=True, ca_file=pki / "ca.crt",
                         cert_file=pki / f"{name}.crt", key_file=pki / f"{name}.key")
@@ -160,10 +149,10 @@ def test_client_certificate_agent_delivers(tmp_path: Path, pki: Path, cert_broke
     link.start()
     try:
         assert link.connected.wait(10), "the agent's TLS connection with its certificate failed"
-        ids = add_segments(box, 5)
+        ids = commit_segments(box, AGENT, 5)
         link.notify()
-        assert wait_for(lambda: {s.segment_id for s in peer.received} >= set(ids))
-        assert wait_for(lambda: box.depth() == 0)
+        wait_until(lambda: {s.segment_id for s in peer.received} >= set(ids), 10, "every segment at the peer")
+        wait_until(lambda: box.depth() == 0, 10, "every receipt")
     finally:
         link.stop()
         peer.close()

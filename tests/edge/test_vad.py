@@ -4,21 +4,23 @@ clipped onsets, cuts at the maximum length, pauses for early drafts."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from devtools.speech import SAMPLE_SENTENCES, Recording, sample_recording, synthesize
 from edge_agent.vad import (
-    VAD_ENGINES,
+    ENGINES,
     Pause,
     Segmenter,
     SileroSegmenter,
     SpeechSegment,
     VadEvent,
     VadModelMissing,
-    VadSegmenter,
-    make_segmenter,
+    VadTiming,
+    WebrtcSegmenter,
+    create_segmenter,
 )
 
 sf = pytest.importorskip("soundfile")
@@ -33,7 +35,7 @@ def _pcm(rec: Recording) -> bytes:
     return audio.tobytes()
 
 
-def _segment(pcm: bytes, vad: VadSegmenter, t0: float = T0) -> list[SpeechSegment]:
+def _segment(pcm: bytes, vad: Segmenter, t0: float = T0) -> list[SpeechSegment]:
     return vad.feed(pcm, t0) + vad.flush()
 
 
@@ -55,7 +57,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Recording:
 
 def test_bundled_sample_gives_one_segment_per_utterance() -> None:
     rec = sample_recording()
-    vad = VadSegmenter()
+    vad = WebrtcSegmenter()
     segments = _segment(_pcm(rec), vad)
     _assert_one_segment_per_utterance(segments, rec)
     assert vad.dropped_short == 0 and vad.segments_cut == 0
@@ -73,13 +75,13 @@ def test_generated_recording_gives_one_segment_per_utterance(voice: str, generat
         if voice == "piper"
         else synthesize(SAMPLE_SENTENCES[1:4], tmp_path / "espeak.wav", voice="espeak", gap_s=(0.9, 1.3), seed=7)
     )
-    _assert_one_segment_per_utterance(_segment(_pcm(rec), VadSegmenter()), rec)
+    _assert_one_segment_per_utterance(_segment(_pcm(rec), WebrtcSegmenter()), rec)
 
 
 @pytest.mark.parametrize("noise", ["white", "pink"])
 def test_noisy_recording_does_not_merge_sentences(noise: str, tmp_path: Path) -> None:
     rec = synthesize(SAMPLE_SENTENCES[1:5], tmp_path / "noisy.wav", gap_s=(0.9, 1.3), seed=7, snr_db=10.0, noise=noise)  # type: ignore[arg-type]
-    segments = _segment(_pcm(rec), VadSegmenter(aggressiveness=3))
+    segments = _segment(_pcm(rec), WebrtcSegmenter(aggressiveness=3))
     _assert_one_segment_per_utterance(segments, rec)
 
 
@@ -89,7 +91,7 @@ def test_long_utterance_is_cut_and_nothing_is_lost(tmp_path: Path) -> None:
     pcm = _pcm(rec)
     speech_s = rec.utterances[-1].end_s - rec.utterances[0].start_s
     assert speech_s > 38
-    vad = VadSegmenter(max_segment_s=28.0)
+    vad = WebrtcSegmenter(timing=VadTiming(max_segment_s=28.0))
     segments = _segment(pcm, vad)
     assert len(segments) >= 2 and vad.segments_cut >= 1
     for seg in segments:
@@ -113,9 +115,9 @@ def test_long_utterance_is_cut_and_nothing_is_lost(tmp_path: Path) -> None:
 
 def test_random_chunk_sizes_give_identical_segments(generated: Recording) -> None:
     pcm = _pcm(generated)
-    whole = _segment(pcm, VadSegmenter())
+    whole = _segment(pcm, WebrtcSegmenter())
     rng = np.random.default_rng(11)
-    vad = VadSegmenter()
+    vad = WebrtcSegmenter()
     chunked: list[SpeechSegment] = []
     pos = 0
     while pos < len(pcm):
@@ -133,7 +135,7 @@ def test_short_bursts_are_dropped_and_counted(generated: Recording) -> None:
     start = round((utt.start_s + 0.3) * RATE) * 2
     burst = pcm[start : start + int(0.12 * RATE) * 2]  # 120 ms of real speech
     silence = b"\x00" * RATE * 2
-    vad = VadSegmenter(min_speech_ms=250)
+    vad = WebrtcSegmenter(timing=VadTiming(min_speech_ms=250))
     assert _segment(silence + burst + silence, vad) == []
     assert vad.dropped_short == 1
 
@@ -142,36 +144,47 @@ def test_time_jump_moves_the_clock() -> None:
     rec = sample_recording()
     pcm = _pcm(rec)
     half = (len(pcm) // 4) * 2
-    vad = VadSegmenter()
+    vad = WebrtcSegmenter()
     segments = vad.feed(pcm[:half], T0) + vad.feed(pcm[half:], T0 + 100.0 + half / 2 / RATE) + vad.flush()
     assert len(segments) == len(rec.utterances)
     assert segments[-1].ended_at == pytest.approx(T0 + 100.0 + len(pcm) / 2 / RATE)
 
 
-@pytest.mark.parametrize(
-    "kwargs",
-    [
-        {"sample_rate": 22050},
-        {"frame_ms": 25},
-        {"aggressiveness": 4},
-        {"pre_roll_ms": -1},
-        {"hangover_ms": 10},
-        {"min_speech_ms": -5},
-        {"max_segment_s": 0.5},
-    ],
-)
+@pytest.mark.parametrize("kwargs", [{"sample_rate": 22050}, {"frame_ms": 25}, {"aggressiveness": 4}])
 def test_bad_arguments_are_refused(kwargs: dict) -> None:
     with pytest.raises(ValueError):
-        VadSegmenter(**kwargs)
+        WebrtcSegmenter(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("timing", "message"),
+    [
+        ({"pre_roll_ms": -1}, "pre_roll_ms"),
+        ({"hangover_ms": 10, "pause_ms": 0}, "hangover_ms must be at least one frame"),
+        ({"hangover_ms": 60}, "below hangover_ms"),
+        ({"min_speech_ms": -5}, "min_speech_ms"),
+        ({"max_segment_s": 0.5}, "max_segment_s"),
+    ],
+)
+def test_bad_timing_is_refused(timing: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WebrtcSegmenter(timing=VadTiming(**timing))
 
 
 def test_odd_byte_chunk_is_refused() -> None:
     with pytest.raises(ValueError, match="even"):
-        VadSegmenter().feed(b"\x00\x00\x00", T0)
+        WebrtcSegmenter().feed(b"\x00\x00\x00", T0)
 
 
-def test_engine_registry() -> None:
-    assert VAD_ENGINES["webrtc"] is VadSegmenter
+def test_engine_registry_builds_the_configured_engine() -> None:
+    """The registry is filled by the engines' own registration, and the settings pick one by name."""
+    from edge_agent.settings import VadSettings
+    from edge_agent.vad import create_segmenter
+
+    assert ENGINES.names() == ["silero", "webrtc"]
+    assert ENGINES.get("webrtc") is WebrtcSegmenter and WebrtcSegmenter.type_key == "webrtc"
+    vad = create_segmenter(VadSettings(engine="webrtc", aggressiveness=1, pause_ms=120))
+    assert type(vad) is WebrtcSegmenter and vad.timing.pause_ms == 120
 
 
 # --- pauses: early drafts before the hangover ends --------------------------------------------
@@ -180,10 +193,10 @@ def test_engine_registry() -> None:
 class EnergySegmenter(Segmenter):
     """A deterministic engine for synthetic audio: a frame is speech when its RMS exceeds 1000."""
 
-    engine = "energy"
+    type_key = "energy"
 
-    def __init__(self, **kwargs: object) -> None:
-        super().__init__(sample_rate=RATE, frame_samples=480, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, **timing: Any) -> None:
+        super().__init__(sample_rate=RATE, frame_samples=480, timing=VadTiming(**timing))
 
     def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
         return float(np.sqrt(np.mean(samples**2))) > 1000.0
@@ -267,7 +280,7 @@ def test_a_cut_at_max_length_gets_a_new_revision_and_id() -> None:
 
 def test_real_speech_gives_one_pause_per_utterance_before_its_segment() -> None:
     rec = sample_recording()
-    events = _events(VadSegmenter(pause_ms=150), _pcm(rec))
+    events = _events(WebrtcSegmenter(timing=VadTiming(pause_ms=150)), _pcm(rec))
     pauses = [(t, e) for t, e in events if isinstance(e, Pause)]
     segments = [(t, e) for t, e in events if isinstance(e, SpeechSegment)]
     assert len(pauses) == len(segments) == len(rec.utterances)
@@ -310,7 +323,7 @@ def test_noisy_corpus_no_merged_sentences_no_clipped_onsets(engine: str, noisy: 
     if engine == "silero":
         vad = SileroSegmenter(model_path=silero_model)
     else:
-        vad = VadSegmenter(aggressiveness=int(engine[-1]))
+        vad = WebrtcSegmenter(aggressiveness=int(engine[-1]))
     _assert_one_segment_per_utterance(_segment(_pcm(noisy), vad), noisy)
 
 
@@ -333,7 +346,7 @@ def test_silero_matches_the_reference_implementation(silero_model: Path) -> None
 def test_silero_segments_the_sample_like_webrtc(silero_model: Path) -> None:
     rec = sample_recording()
     silero = _segment(_pcm(rec), SileroSegmenter(model_path=silero_model))
-    webrtc = _segment(_pcm(rec), VadSegmenter())
+    webrtc = _segment(_pcm(rec), WebrtcSegmenter())
     _assert_one_segment_per_utterance(silero, rec)
     for a, b in zip(silero, webrtc, strict=True):
         assert abs(a.started_at - b.started_at) < 0.25 and abs(a.ended_at - b.ended_at) < 0.25
@@ -344,15 +357,26 @@ def test_silero_segments_the_sample_like_webrtc(silero_model: Path) -> None:
     assert chunked + vad.flush() == silero
 
 
-def test_make_segmenter_from_settings(silero_model: Path, tmp_path: Path) -> None:
+def test_create_segmenter_from_settings(silero_model: Path, tmp_path: Path) -> None:
     from edge_agent.settings import VadSettings
 
-    webrtc = make_segmenter(VadSettings(aggressiveness=3, pause_ms=120))
-    assert isinstance(webrtc, VadSegmenter) and webrtc.aggressiveness == 3 and webrtc.pause_ms == 120
-    silero = make_segmenter(VadSettings(engine="silero", model_path=silero_model, threshold=0.6))
+    webrtc = create_segmenter(VadSettings(aggressiveness=3, pause_ms=120, min_speech_ms=300))
+    assert isinstance(webrtc, WebrtcSegmenter) and webrtc.aggressiveness == 3
+    assert webrtc.timing == VadTiming(pause_ms=120, min_speech_ms=300)
+    silero = create_segmenter(VadSettings(engine="silero", model_path=silero_model, threshold=0.6, hangover_ms=800))
     assert isinstance(silero, SileroSegmenter) and silero.threshold == 0.6
+    assert silero.timing == VadTiming(hangover_ms=800)
     with pytest.raises(VadModelMissing, match="edgecap models prepare"):
-        make_segmenter(VadSettings(engine="silero", model_path=tmp_path / "nope.onnx"))
+        create_segmenter(VadSettings(engine="silero", model_path=tmp_path / "nope.onnx"))
     with pytest.raises(ValueError, match="pause_ms"):
         VadSettings(pause_ms=700, hangover_ms=600)
-    assert VAD_ENGINES["silero"] is SileroSegmenter
+    with pytest.raises(ValueError, match="unknown VAD engine 'webrtcc'; known: silero, webrtc"):
+        VadSettings(engine="webrtcc")
+    assert ENGINES.get("silero") is SileroSegmenter
+
+
+def test_timing_defaults_are_the_settings_defaults() -> None:
+    from edge_agent.settings import VadSettings
+
+    assert VadTiming.from_settings(VadSettings()) == VadTiming()
+    assert WebrtcSegmenter().timing == VadTiming()

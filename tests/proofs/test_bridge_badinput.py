@@ -24,7 +24,6 @@ Sizes: ``EDGECAP_TEST_BADINPUT_MESSAGES`` malformed in all (default 10000, the i
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import threading
@@ -36,8 +35,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from agents_sim import Fleet, bridge_service, sim_segment
-from support import Record, read_topic, scrape, wait_until
+from agents_sim import Fleet, bridge_service
+from support import Record, make_segment, read_topic, scale, scrape, wait_until
 
 from contracts import (
     DeadLetter,
@@ -50,15 +49,14 @@ from contracts import (
     decode,
     encode,
     mqtt_topic,
-    new_segment_id,
 )
 from contracts import Kafka as KafkaTopic
 from devtools.brokers import Mosquitto, Tansu, free_port
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.proof, pytest.mark.perf]
 
-MALFORMED = int(os.environ.get("EDGECAP_TEST_BADINPUT_MESSAGES", "10000"))
-VALID_PER_ROUND = int(os.environ.get("EDGECAP_TEST_BADINPUT_VALID", "2000"))
+MALFORMED = scale("BADINPUT_MESSAGES", 10000)
+VALID_PER_ROUND = scale("BADINPUT_VALID", 2000)
 ROUNDS = 3  # saturated rounds of each kind, alternating clean and mixed
 PACED_ROUNDS = 3  # then paced rounds of each kind, alternating (medians: one stall does not decide)
 PACED_LOAD = 0.5  # offered valid rate in paced rounds, as a fraction of the clean saturated rate
@@ -73,7 +71,8 @@ Bad = tuple[bytes, Reason, str | None]
 
 
 def _segment(agent_id: str, rng: random.Random, seconds: float | None = None, rate: int = 16000) -> Segment:
-    segment = sim_segment(agent_id, new_segment_id(), rng.randrange(10**6), rng, seconds)
+    """0.1-0.5 s (or ``seconds``) of 16 kHz audio, labelled ``rate``."""
+    segment = make_segment(agent_id, rng.randrange(10**6), seconds=seconds or rng.uniform(0.1, 0.5), rng=rng)
     if rate != 16000:
         segment = segment.model_copy(update={"audio": segment.audio.model_copy(update={"sample_rate": rate})})
     return segment
@@ -192,8 +191,8 @@ def test_malformed_input_is_dead_lettered_without_slowing_valid_traffic(tmp_path
     per_round = [MALFORMED // mixed_rounds + (i < MALFORMED % mixed_rounds) for i in range(mixed_rounds)]
     metrics_port = free_port()
     with Mosquitto(workdir=tmp_path / "mosquitto") as mosquitto, Tansu() as kafka:
-        bridge = bridge_service(mosquitto.port, kafka.bootstrap, "badinput", metrics_port, tmp_path,
-                                max_message_bytes=str(MAX_BYTES), deadletter_payload_bytes="2048")
+        bridge = bridge_service(mosquitto, kafka.bootstrap, tmp_path, metrics_port=metrics_port,
+                                max_message_bytes=MAX_BYTES, deadletter_payload_bytes=2048)
         bridge.start()
         fleet = attacker = None
         try:
@@ -209,11 +208,9 @@ def test_malformed_input_is_dead_lettered_without_slowing_valid_traffic(tmp_path
                 sender = attacker.send(bad, over_s) if bad else None
                 fleet.join_feed(120)
                 fed = time.monotonic()
-                deadline = started + 120
-                while fleet.depth():
-                    assert bridge.alive(), f"the bridge died\n{bridge.log_tail()}"
-                    assert time.monotonic() < deadline, f"valid segments not receipted\n{bridge.log_tail()}"
-                    time.sleep(0.05)
+                wait_until(lambda: not fleet.depth() or not bridge.alive(), started + 120 - fed,
+                           "receipts of the valid segments", every_s=0.05, detail=bridge.log_tail)
+                assert bridge.alive(), f"the bridge died\n{bridge.log_tail()}"
                 took = time.monotonic() - started
                 tails.append(time.monotonic() - fed)
                 if sender is not None:

@@ -13,25 +13,25 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from agents_sim import Service, bridge_service
+from support import Record, keyed, read_topic, scale, service_env, wait_until
 
 from contracts import Kafka, Segment, decode
+from devtools import SAMPLES_DIR
 from devtools.brokers import Mosquitto, Tansu
 from edge_agent.outbox import Outbox
+from edge_agent.settings import AgentSettings
 
-pytestmark = [pytest.mark.integration, pytest.mark.models, pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.models, pytest.mark.proof]
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLES = REPO / "devtools" / "samples"
 AGENT = "offline-agent"
-OFFLINE_S = float(os.environ.get("EDGECAP_TEST_OFFLINE_S", "180"))
+OFFLINE_S = scale("OFFLINE_S", 180.0)
 LEAD_S = 20.0  # recording before the outage
 TAIL_S = 20.0  # recording after it
 
@@ -41,8 +41,8 @@ def make_recording(out: Path, min_utterances: int = 24) -> tuple[int, float]:
     outlasts the outage; returns (utterances, seconds)."""
     import soundfile
 
-    pcm, rate = soundfile.read(SAMPLES / "sample.wav", dtype="int16")
-    per_copy = len(json.loads((SAMPLES / "sample.json").read_text())["utterances"])
+    pcm, rate = soundfile.read(SAMPLES_DIR / "sample.wav", dtype="int16")
+    per_copy = len(json.loads((SAMPLES_DIR / "sample.json").read_text())["utterances"])
     copies = max(math.ceil(min_utterances / per_copy), 1)
     wanted_s = LEAD_S + OFFLINE_S + TAIL_S
     pad_s = max(2.0, wanted_s / copies - len(pcm) / rate)
@@ -66,77 +66,40 @@ def shown_captions(captions_dir: Path) -> dict[str, int]:
     return shown
 
 
-def read_segments(bootstrap: str, want: set[str], timeout_s: float = 60) -> list[Segment]:
-    """Every record of ``edgecap.segments`` in log order, until all of ``want`` were seen."""
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"offline-reader-{time.time()}",
-                         "enable.auto.commit": False})
-    segments: list[Segment] = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        partitions: list[int] = []
-        while not partitions and time.monotonic() < deadline:
-            meta = consumer.list_topics(Kafka.SEGMENTS, timeout=5).topics.get(Kafka.SEGMENTS)
-            partitions = list(meta.partitions) if meta is not None and not meta.error else []
-        consumer.assign([TopicPartition(Kafka.SEGMENTS, p, OFFSET_BEGINNING) for p in partitions])
-        while time.monotonic() < deadline and not want <= {s.segment_id for s in segments}:
-            for m in consumer.consume(500, timeout=0.5):
-                if not m.error() and m.key() == AGENT.encode():
-                    segments.append(decode(m.value() or b"", Segment))
-        for m in consumer.consume(500, timeout=1.0):  # late duplicates, if any
-            if not m.error() and m.key() == AGENT.encode():
-                segments.append(decode(m.value() or b"", Segment))
-    finally:
-        consumer.close()
-    return segments
-
-
-def spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, *argv], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                env=os.environ | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"} | env)
-
-
 def test_segments_captured_offline_all_reach_kafka_in_order(tmp_path: Path, models_dir: Path) -> None:
     utterances, duration_s = make_recording(tmp_path / "rec.wav")
     assert utterances >= 20 and duration_s >= OFFLINE_S + LEAD_S
     captions = tmp_path / "captions"
     outbox_path = tmp_path / "outbox.sqlite3"
-    procs: list[subprocess.Popen[bytes]] = []
     with Mosquitto(workdir=tmp_path / "mosquitto") as mosquitto, Tansu() as kafka:
+        settings = AgentSettings.load(
+            agent_id=AGENT,
+            mqtt={"port": mosquitto.port},
+            asr={"model_dir": models_dir / "tiny.en" / "onnx-int8"},
+            outbox={"path": outbox_path, "resend_after_s": 5},
+            captions={"dir": captions, "terminal": False},
+            heartbeat_s=2,
+        )
+        agent = Service("agent", ["-m", "edge_agent", "--input", str(tmp_path / "rec.wav"), "--until-drained"],
+                        service_env(settings) | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"},
+                        tmp_path / "agent.log")
+        services = [bridge_service(mosquitto, kafka.bootstrap, tmp_path), agent]
+
+        def logs() -> str:
+            return "\n".join(service.log_tail() for service in services)
+
         try:
-            procs.append(spawn(["-m", "bridge"], {
-                "EDGECAP_BRIDGE_MQTT__PORT": str(mosquitto.port),
-                "EDGECAP_BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka.bootstrap,
-                "EDGECAP_BRIDGE_DOWNLINK": "false",
-            }, tmp_path / "bridge.log"))
-            agent = spawn(["-m", "edge_agent", "--input", str(tmp_path / "rec.wav"), "--until-drained"], {
-                "EDGECAP_AGENT_AGENT_ID": AGENT,
-                "EDGECAP_AGENT_MQTT__PORT": str(mosquitto.port),
-                "EDGECAP_AGENT_ASR__MODEL_DIR": str(models_dir / "tiny.en" / "onnx-int8"),
-                "EDGECAP_AGENT_OUTBOX__PATH": str(outbox_path),
-                "EDGECAP_AGENT_OUTBOX__RESEND_AFTER_S": "5",
-                "EDGECAP_AGENT_CAPTIONS__DIR": str(captions),
-                "EDGECAP_AGENT_CAPTIONS__TERMINAL": "false",
-                "EDGECAP_AGENT_HEARTBEAT_S": "2",
-            }, tmp_path / "agent.log")
-            procs.append(agent)
-
-            def logs() -> str:
-                return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-4000:]}"
-                                 for p in sorted(tmp_path.glob("*.log")))
-
-            deadline = time.monotonic() + 120
-            while len(shown_captions(captions)) < 3:
-                assert agent.poll() is None and time.monotonic() < deadline, f"no captions\n{logs()}"
-                time.sleep(0.2)
+            for service in services:
+                service.start()
+            wait_until(lambda: len(shown_captions(captions)) >= 3 or not agent.alive(), 120, "the first captions",
+                       every_s=0.2, detail=logs)
+            assert agent.alive(), f"the agent stopped before its first captions\n{logs()}"
 
             mosquitto.kill()  # the network is gone
             before = len(shown_captions(captions))
             time.sleep(OFFLINE_S)
             during = len(shown_captions(captions)) - before
-            assert agent.poll() is None, f"the agent stopped during the outage\n{logs()}"
+            assert agent.alive(), f"the agent stopped during the outage\n{logs()}"
             mosquitto.start()  # back, same port, with its persisted sessions
 
             try:
@@ -147,17 +110,16 @@ def test_segments_captured_offline_all_reach_kafka_in_order(tmp_path: Path, mode
             box = Outbox(outbox_path)
             depth = box.depth()
             box.close()
-            received = read_segments(kafka.bootstrap, set(shown))
+
+            def ids(records: list[Record]) -> set[str]:
+                return {decode(v, Segment).segment_id for v in keyed(records, AGENT)}
+
+            records = read_topic(kafka.bootstrap, Kafka.SEGMENTS, lambda r: set(shown) <= ids(r), timeout_s=60,
+                                 linger_s=1.0)  # and late duplicates, if any
+            received = [decode(v, Segment) for v in keyed(records, AGENT)]
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            for service in services:
+                service.stop(15)
 
     assert during >= 0.5 * OFFLINE_S / (duration_s / utterances), f"only {during} captions during the outage"
     assert len(shown) >= utterances - 2, f"{len(shown)} captions for {utterances} utterances"

@@ -8,6 +8,7 @@ would, and checks: ``PRAGMA integrity_check`` is ok; every segment the child rep
 with exactly its bytes; at most one row more than reported (committed, then killed before the
 pipe write); sequence numbers strictly increase and are never reused across restarts. Then it
 deletes what it checked, as receipts would, keeping the newest rows in the outbox.
+``EDGECAP_TEST_KILLS`` sets the number of kills (default 1000, the issue's proof).
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+from support import scale
+
 from contracts import Audio, Segment, Up, decode, encode, mqtt_topic
 from edge_agent.outbox import Outbox
 
-KILLS = int(os.environ.get("EDGECAP_TEST_KILLS", "1000"))
+pytestmark = pytest.mark.proof
+
+KILLS = scale("KILLS", 1000)
 AGENT = "powerloss"
 TOPIC = mqtt_topic(AGENT, Up.SEGMENTS)
 

@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
-import json
-import logging
 import os
 import time
 import wave
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from contracts.manifest import ModelManifest, SpecialTokens
+from devtools import SAMPLES_DIR
 from modelbuild import ct2_reader, prepare, sources
 from modelbuild.__main__ import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-SAMPLE = Path(__file__).resolve().parents[2] / "devtools" / "samples" / "sample.wav"
+SAMPLE = SAMPLES_DIR / "sample.wav"
 # The converted weights, evaluated in float64, against ctranslate2's own float32 encoder.
 ENCODER_TOLERANCE = 5e-4
 # Two float32 implementations (transformers SDPA vs ctranslate2) differ by rounding alone up to
@@ -26,14 +25,7 @@ ENCODER_TOLERANCE = 5e-4
 ENCODER_FP32_TOLERANCE = 2e-3
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """``main`` reconfigures logging onto pytest's captured stderr; undo that after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_logging")  # commands' main() configure logging
 
 
 def _sample() -> np.ndarray:
@@ -91,6 +83,23 @@ def test_hf_step_is_idempotent(tmp_path: Path) -> None:
     assert (first.hf / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+def test_onnx_is_complete_only_with_a_valid_manifest_and_every_file_it_lists(tmp_path: Path) -> None:
+    assert not prepare.onnx_complete(tmp_path)  # no manifest
+    (tmp_path / "manifest.json").write_text('{"model_id": "whisper-x"}')
+    assert not prepare.onnx_complete(tmp_path)  # not a valid manifest
+    tokens = SpecialTokens(eos=3, sot=4, no_timestamps=5, transcribe=6, timestamp_begin=7)
+    manifest = ModelManifest(
+        model_id="whisper-x", name="x", multilingual=False, n_mels=80, vocab_size=8, decoder_layers=1,
+        decoder_heads=1, d_model=4, max_target_positions=8, tokens=tokens, files={"encoder.onnx": 3},
+    )
+    manifest.write(tmp_path / "manifest.json")
+    assert not prepare.onnx_complete(tmp_path)  # the listed file is missing
+    (tmp_path / "encoder.onnx").write_bytes(b"abc")
+    assert prepare.onnx_complete(tmp_path)
+    (tmp_path / "encoder.onnx").write_bytes(b"ab")
+    assert not prepare.onnx_complete(tmp_path)  # not the recorded size
+
+
 @pytest.mark.models
 def test_prepare_twice_does_no_work(models_dir: Path) -> None:
     paths = prepare.prepare("tiny.en", models_dir)  # make test prepared it already
@@ -99,13 +108,13 @@ def test_prepare_twice_does_no_work(models_dir: Path) -> None:
     elapsed = time.perf_counter() - started
     assert again.built == ()
     assert elapsed < 1.0, f"second prepare took {elapsed:.2f} s"
-    manifest = json.loads(paths.manifest.read_text())
-    assert manifest["model_id"] == "whisper-tiny.en-int8-onnx"
-    assert manifest["multilingual"] is False
-    assert manifest["n_mels"] == 80
-    assert manifest["tokens"]["sot"] == 50257 and manifest["tokens"]["timestamp_begin"] == 50363
-    assert set(manifest["files"]) == {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
-    assert sum(manifest["files"].values()) < 80e6  # int8: ~62 MB of graphs for tiny.en
+    manifest = ModelManifest.load(paths.manifest)
+    assert manifest.model_id == "whisper-tiny.en-int8-onnx"
+    assert manifest.multilingual is False
+    assert manifest.n_mels == 80
+    assert manifest.tokens.sot == 50257 and manifest.tokens.timestamp_begin == 50363
+    assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "tokenizer.json"}
+    assert sum(manifest.files.values()) < 80e6  # int8: ~62 MB of graphs for tiny.en
 
 
 @pytest.mark.models

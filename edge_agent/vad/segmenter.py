@@ -1,8 +1,8 @@
-"""Cut a stream of 16 kHz mono PCM16 into speech segments: webrtcvad or Silero (no torch).
+"""The segmenter: one state machine that cuts a stream of PCM16 into speech segments, whatever the engine.
 
-Each frame is classified as speech or not by an engine (``webrtc``: webrtcvad on 10-30 ms frames;
-``silero``: the Silero v6 ONNX model on 32 ms windows, see :class:`SileroSegmenter`). The same
-state machine then cuts segments for both:
+Each frame is classified as speech or not by an engine, a subclass registered in :data:`ENGINES`
+by its ``type_key`` (``webrtc``: :mod:`edge_agent.vad.webrtc`; ``silero``: :mod:`edge_agent.vad.silero`).
+The same state machine then cuts segments for all of them, timed by one :class:`VadTiming`:
 
 - A segment opens at the first voiced frame and carries the ``pre_roll_ms`` of audio before it,
   so onsets are never clipped.
@@ -26,30 +26,24 @@ segments; a chunk whose time jumps by more than a frame from the expected one mo
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import webrtcvad
 
 from contracts import new_segment_id
+from runtime.plugins import Registry
 
 if TYPE_CHECKING:
     from edge_agent.settings import VadSettings
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_RATES = (8000, 16000, 32000, 48000)
-FRAME_MS = (10, 20, 30)
 RESUME_FRAMES = 2  # voiced frames after a pause that count as speech resuming
 _OFFSET_VOICED_FRACTION = 0.1  # the segment ends when the hangover window is at most this voiced
 _CUT_SEARCH_S = 2.0
-
-
-class VadModelMissing(FileNotFoundError):
-    """The Silero ONNX file is not where the settings say."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +75,41 @@ class Pause:
 VadEvent = SpeechSegment | Pause
 
 
+@dataclass(frozen=True)
+class VadTiming:
+    """When segments open, pause, close and are cut (see the module); the same for every engine.
+
+    The defaults are the agent's ``vad`` settings' defaults; :meth:`from_settings` builds it from them.
+    """
+
+    pre_roll_ms: int = 300
+    """Audio kept before the first voiced frame."""
+    hangover_ms: int = 600
+    """Trailing window that must be (almost) silent for the segment to close."""
+    min_speech_ms: int = 250
+    """Segments with less voiced audio are dropped."""
+    max_segment_s: float = 28.0
+    """Longer speech is cut (Whisper's window is 30 s)."""
+    pause_ms: int = 90
+    """Silence after speech that emits a :class:`Pause` (0: none)."""
+
+    def __post_init__(self) -> None:
+        if self.pre_roll_ms < 0:
+            raise ValueError(f"pre_roll_ms must be >= 0, got {self.pre_roll_ms!r}")
+        if self.min_speech_ms < 0:
+            raise ValueError(f"min_speech_ms must be >= 0, got {self.min_speech_ms!r}")
+        if self.pause_ms < 0 or self.pause_ms >= self.hangover_ms:
+            raise ValueError(f"pause_ms must be >= 0 (0: no pauses) and below hangover_ms, got {self.pause_ms!r}")
+
+    @classmethod
+    def from_settings(cls, settings: VadSettings) -> VadTiming:
+        """The timing part of the agent's ``vad`` settings (the same names)."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+
+DEFAULT_TIMING = VadTiming()
+
+
 @dataclass
 class _Frame:
     pcm: bytes
@@ -89,53 +118,38 @@ class _Frame:
     energy: float
 
 
-class Segmenter:
-    """The streaming state machine; subclasses decide which frames are speech (``_is_speech``)."""
+class Segmenter(ABC):
+    """The streaming state machine; an engine subclass decides which frames are speech (``_is_speech``).
 
-    engine = ""
+    An engine declares its ``type_key`` (the ``vad.engine`` setting that selects it), registers
+    with ``@ENGINES.register`` and builds itself from the settings in :meth:`from_settings`.
+    """
 
-    def __init__(
-        self,
-        *,
-        sample_rate: int,
-        frame_samples: int,
-        pre_roll_ms: int = 300,
-        hangover_ms: int = 600,
-        min_speech_ms: int = 250,
-        max_segment_s: float = 28.0,
-        pause_ms: int = 90,
-    ) -> None:
+    type_key: ClassVar[str] = ""
+
+    def __init__(self, *, sample_rate: int, frame_samples: int, timing: VadTiming = DEFAULT_TIMING) -> None:
         frame_ms = 1000 * frame_samples / sample_rate
-        if pre_roll_ms < 0:
-            raise ValueError(f"pre_roll_ms must be >= 0, got {pre_roll_ms!r}")
-        if hangover_ms < frame_ms:
-            raise ValueError(f"hangover_ms must be at least one frame ({frame_ms:g} ms), got {hangover_ms!r}")
-        if min_speech_ms < 0:
-            raise ValueError(f"min_speech_ms must be >= 0, got {min_speech_ms!r}")
-        if pause_ms < 0 or pause_ms >= hangover_ms:
-            raise ValueError(f"pause_ms must be >= 0 (0: no pauses) and below hangover_ms, got {pause_ms!r}")
-        if max_segment_s * 1000 < 2 * (pre_roll_ms + frame_ms) or max_segment_s * 1000 < 4 * frame_ms:
+        if timing.hangover_ms < frame_ms:
+            raise ValueError(f"hangover_ms must be at least one frame ({frame_ms:g} ms), got {timing.hangover_ms!r}")
+        max_ms = timing.max_segment_s * 1000
+        if max_ms < 2 * (timing.pre_roll_ms + frame_ms) or max_ms < 4 * frame_ms:
             raise ValueError(
-                f"max_segment_s ({max_segment_s!r}) must be at least twice pre_roll_ms + one frame "
-                f"({2 * (pre_roll_ms + frame_ms):g} ms)"
+                f"max_segment_s ({timing.max_segment_s!r}) must be at least twice pre_roll_ms + one frame "
+                f"({2 * (timing.pre_roll_ms + frame_ms):g} ms)"
             )
         self.sample_rate = sample_rate
         self.frame_ms = frame_ms
-        self.pre_roll_ms = pre_roll_ms
-        self.hangover_ms = hangover_ms
-        self.min_speech_ms = min_speech_ms
-        self.max_segment_s = max_segment_s
-        self.pause_ms = pause_ms
+        self.timing = timing
 
         self._frame_samples = frame_samples
         self._frame_bytes = frame_samples * 2
-        self._hangover_frames = max(1, round(hangover_ms / frame_ms))
-        self._pause_frames = max(1, round(pause_ms / frame_ms)) if pause_ms else 0
-        self._max_frames = max(2, int(max_segment_s * 1000 // frame_ms))
+        self._hangover_frames = max(1, round(timing.hangover_ms / frame_ms))
+        self._pause_frames = max(1, round(timing.pause_ms / frame_ms)) if timing.pause_ms else 0
+        self._max_frames = max(2, int(max_ms // frame_ms))
         self._cut_search_frames = max(1, min(round(_CUT_SEARCH_S * 1000 / frame_ms), self._max_frames // 2))
-        self._min_voiced_frames = int(np.ceil(min_speech_ms / frame_ms))
+        self._min_voiced_frames = int(np.ceil(timing.min_speech_ms / frame_ms))
 
-        self._pre_roll: deque[_Frame] = deque(maxlen=max(0, round(pre_roll_ms / frame_ms)))
+        self._pre_roll: deque[_Frame] = deque(maxlen=max(0, round(timing.pre_roll_ms / frame_ms)))
         self._active: list[_Frame] = []
         self._recent_voiced: deque[bool] = deque(maxlen=self._hangover_frames)
         self._continued = False  # the open segment continues one cut at max_segment_s
@@ -155,6 +169,11 @@ class Segmenter:
         self.segments_cut = 0
         self.dropped_short = 0
         self.pauses = 0
+
+    @classmethod
+    def from_settings(cls, settings: VadSettings, sample_rate: int) -> Segmenter:
+        """This engine, built from the agent's ``vad`` settings (an engine in :data:`ENGINES` overrides it)."""
+        raise NotImplementedError(f"{cls.__name__} is not built from settings")
 
     # --- public API -------------------------------------------------------------------------
 
@@ -196,10 +215,11 @@ class Segmenter:
 
     # --- the engine -------------------------------------------------------------------------
 
+    @abstractmethod
     def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
-        raise NotImplementedError
+        """Whether one frame (its bytes, and its samples as float64) is speech."""
 
-    def _reset_engine(self) -> None:
+    def _reset_engine(self) -> None:  # noqa: B027 - an optional hook, not every engine carries state
         """Forget what the engine carries between frames (end of stream)."""
 
     # --- time keeping ----------------------------------------------------------------------
@@ -323,155 +343,4 @@ class Segmenter:
         self._reset_engine()
 
 
-class VadSegmenter(Segmenter):
-    """webrtcvad on 10, 20 or 30 ms frames (``aggressiveness`` 0-3)."""
-
-    engine = "webrtc"
-
-    def __init__(
-        self,
-        *,
-        sample_rate: int = 16000,
-        frame_ms: int = 30,
-        aggressiveness: int = 2,
-        pre_roll_ms: int = 300,
-        hangover_ms: int = 600,
-        min_speech_ms: int = 250,
-        max_segment_s: float = 28.0,
-        pause_ms: int = 90,
-    ) -> None:
-        if sample_rate not in SAMPLE_RATES:
-            raise ValueError(f"sample_rate must be one of {SAMPLE_RATES} for webrtcvad, got {sample_rate!r}")
-        if frame_ms not in FRAME_MS:
-            raise ValueError(f"frame_ms must be one of {FRAME_MS} for webrtcvad, got {frame_ms!r}")
-        if aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness!r}")
-        super().__init__(
-            sample_rate=sample_rate,
-            frame_samples=sample_rate * frame_ms // 1000,
-            pre_roll_ms=pre_roll_ms,
-            hangover_ms=hangover_ms,
-            min_speech_ms=min_speech_ms,
-            max_segment_s=max_segment_s,
-            pause_ms=pause_ms,
-        )
-        self.aggressiveness = aggressiveness
-        self._vad = webrtcvad.Vad(aggressiveness)
-
-    def set_aggressiveness(self, aggressiveness: int) -> None:
-        """Switch mode live (remote configuration): webrtcvad reads it per frame, and the call holds
-        the GIL, so it lands between two frames."""
-        if aggressiveness not in (0, 1, 2, 3):
-            raise ValueError(f"aggressiveness must be 0, 1, 2 or 3, got {aggressiveness!r}")
-        self._vad.set_mode(aggressiveness)
-        self.aggressiveness = aggressiveness
-
-    def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
-        return bool(self._vad.is_speech(data, self.sample_rate))
-
-
-class SileroSegmenter(Segmenter):
-    """Silero VAD v6 in ONNX Runtime: 512-sample windows at 16 kHz, each with the 64 samples before it.
-
-    The recurrent state and the context are carried from window to window. A window is speech when
-    its probability reaches ``threshold``, or, while in speech, stays at or above
-    ``threshold - 0.15`` (Silero's own hysteresis). Takes the model of faster-whisper's assets
-    (inputs ``input``, ``h``, ``c``) or of the ``silero-vad`` package (``input``, ``state``, ``sr``).
-    """
-
-    engine = "silero"
-    WINDOW = 512
-    CONTEXT = 64
-
-    def __init__(
-        self,
-        *,
-        model_path: Path,
-        sample_rate: int = 16000,
-        threshold: float = 0.5,
-        pre_roll_ms: int = 300,
-        hangover_ms: int = 600,
-        min_speech_ms: int = 250,
-        max_segment_s: float = 28.0,
-        pause_ms: int = 90,
-    ) -> None:
-        if sample_rate != 16000:
-            raise ValueError(f"the silero engine takes 16000 Hz audio, got {sample_rate!r}")
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold must be between 0 and 1, got {threshold!r}")
-        model_path = Path(model_path).expanduser()
-        if not model_path.is_file():
-            raise VadModelMissing(
-                f"no Silero VAD model at {model_path}: run `edgecap models prepare` "
-                "(it copies silero_vad.onnx into <models_dir>/vad/) or set vad.model_path"
-            )
-        super().__init__(
-            sample_rate=sample_rate,
-            frame_samples=self.WINDOW,
-            pre_roll_ms=pre_roll_ms,
-            hangover_ms=hangover_ms,
-            min_speech_ms=min_speech_ms,
-            max_segment_s=max_segment_s,
-            pause_ms=pause_ms,
-        )
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        self._session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-        names = {i.name for i in self._session.get_inputs()}
-        self._stateful = "state" in names  # the silero-vad package's model; else faster-whisper's
-        if not ({"input", "state", "sr"} <= names or {"input", "h", "c"} <= names):
-            raise ValueError(f"{model_path} is not a Silero VAD model (inputs {sorted(names)})")
-        self.model_path = model_path
-        self.threshold = threshold
-        self.neg_threshold = max(threshold - 0.15, 0.01)
-        self._reset_engine()
-
-    def _reset_engine(self) -> None:
-        self._context = np.zeros((1, self.CONTEXT), np.float32)
-        if self._stateful:
-            self._state: list[np.ndarray] = [np.zeros((2, 1, 128), np.float32)]
-        else:
-            self._state = [np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)]
-        self._in_speech = False
-        self.last_probability = 0.0
-
-    def probability(self, samples: np.ndarray) -> float:
-        """Speech probability of the next 512-sample window (float32 in [-1, 1]); advances the state."""
-        window = np.concatenate([self._context, samples.reshape(1, self.WINDOW).astype(np.float32)], axis=1)
-        if self._stateful:
-            feed = {"input": window, "state": self._state[0], "sr": np.array(self.sample_rate, np.int64)}
-        else:
-            feed = {"input": window, "h": self._state[0], "c": self._state[1]}
-        prob, *self._state = self._session.run(None, feed)
-        self._context = window[:, -self.CONTEXT :]
-        return float(np.asarray(prob).reshape(-1)[0])
-
-    def _is_speech(self, data: bytes, samples: np.ndarray) -> bool:
-        self.last_probability = p = self.probability(samples / 32768.0)
-        self._in_speech = p >= self.threshold or (self._in_speech and p >= self.neg_threshold)
-        return self._in_speech
-
-
-VAD_ENGINES: dict[str, type[Segmenter]] = {"webrtc": VadSegmenter, "silero": SileroSegmenter}
-
-
-def make_segmenter(settings: VadSettings, sample_rate: int = 16000) -> Segmenter:
-    """The segmenter ``settings.engine`` names, built from the agent's ``vad`` settings."""
-    s = settings
-    if s.engine == "webrtc":
-        return VadSegmenter(
-            sample_rate=sample_rate, aggressiveness=s.aggressiveness, pre_roll_ms=s.pre_roll_ms,
-            hangover_ms=s.hangover_ms, min_speech_ms=s.min_speech_ms, max_segment_s=s.max_segment_s,
-            pause_ms=s.pause_ms,
-        )
-    if s.engine == "silero":
-        return SileroSegmenter(
-            model_path=s.model_path, sample_rate=sample_rate, threshold=s.threshold, pre_roll_ms=s.pre_roll_ms,
-            hangover_ms=s.hangover_ms, min_speech_ms=s.min_speech_ms, max_segment_s=s.max_segment_s,
-            pause_ms=s.pause_ms,
-        )
-    raise ValueError(f"unknown VAD engine {settings.engine!r}; known: {', '.join(VAD_ENGINES)}")
+ENGINES: Registry[Segmenter] = Registry("VAD engine")
