@@ -10,13 +10,10 @@ from contracts.ids import is_segment_id
 from contracts.topics import Up
 
 
-class Refused(Exception):
-    """An MQTT message the bridge will not forward; carries everything its dead letter needs."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(f"{reason.value}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class Refused(DecodeError):
+    """An MQTT message the bridge will not forward: one that does not decode, or decodes and breaks a
+    rule of the bridge (identity, sample rate, length, image). ``reason`` and ``detail`` are what its
+    dead letter and the agent's receipt say."""
 
 
 UPLINK_CHANNELS = (Up.SEGMENTS, Up.FRAMES)
