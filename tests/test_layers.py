@@ -80,3 +80,15 @@ def test_imports_are_read_wherever_they_stand(tmp_path: Path, source: str, expec
     module = tmp_path / "m.py"
     module.write_text(source, encoding="utf-8")
     assert imported_packages(module) == expected
+
+
+def test_the_readme_layout_table_matches_the_folders() -> None:
+    """Every folder of the repository is in the README's layout table, and every row is a folder."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("`")[1].rstrip("/") for line in table.splitlines() if line.startswith("| `")}
+    folders = {
+        p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / "__init__.py").exists()
+    }
+    assert rows == folders | {"tests", "benchmarks"}
+    assert all((REPO / row).is_dir() for row in rows)
