@@ -37,7 +37,11 @@ class Metrics:
             p + "producer_restarts", "Kafka producers replaced after a fatal error.", registry=r
         )
         self.intake_held = Gauge(p + "intake_held", "1 while a retry round holds the MQTT intake.", registry=r)
-        self.errors = Counter(p + "errors", "Messages that hit an unexpected error (left unacked).", registry=r)
+        self.errors = Counter(
+            p + "errors",
+            "Messages that hit an unexpected error in the bridge (dead-lettered as invalid if their check failed).",
+            registry=r,
+        )
         self.in_flight = Gauge(p + "in_flight", "MQTT messages produced but not yet confirmed.", registry=r)
         self.delivery_seconds = Histogram(
             p + "delivery_seconds",

@@ -28,7 +28,7 @@ from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
-from contracts import Frame, Kafka, Receipt, Rejection, Segment, Up, encode, shared_filter
+from contracts import Frame, Kafka, Reason, Receipt, Rejection, Segment, Up, encode, shared_filter
 from runtime.kafka import dead_letter
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,11 @@ class Uplink:
         except Refused as refused:
             self._refuse(msg, raw, agent_id, refused)
             return
+        except Exception as exc:  # a bug in a check: refuse the message rather than leave it unacked
+            self.metrics.errors.inc()
+            log.exception("checking a message on %s failed; it is dead-lettered", msg.topic)
+            self._refuse(msg, raw, agent_id, Refused(Reason.INVALID, f"the bridge could not check it: {exc!r}"[:300]))
+            return
         self._note_seen(item.segment_id, agent_id, item.seq)
         # one record, the bytes as they came: the reconciler takes each segment's draft from
         # edgecap.segments itself (the bridge moves and checks, it does not reshape)
@@ -162,7 +167,7 @@ class Uplink:
         segment_id = readable_segment_id(raw, 16 * self.settings.max_message_bytes)
         rejection = None
         if agent_id is not None and segment_id is not None and _can_receipt(agent_id):
-            rejection = Rejection(segment_id=segment_id, reason=refused.reason.value, detail=refused.detail)
+            rejection = Rejection(segment_id=segment_id, reason=refused.reason, detail=refused.detail)
 
         def rejected() -> None:
             if rejection is not None and agent_id is not None:

@@ -84,7 +84,7 @@ def readable_segment_id(raw: bytes, max_bytes: int) -> str | None:
     try:
         obj = json.loads(raw) if len(raw) <= max_bytes else None
         value = obj.get("segment_id") if isinstance(obj, dict) else None
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than the parser goes
         pass
     if value is None:
         found = _SEGMENT_ID_FIELD.search(raw[:_SCAN_BYTES])

@@ -126,6 +126,78 @@ def test_bad_inputs_are_dead_lettered_and_rejected(mosquitto: Mosquitto, kafka: 
         assert read_keyed(kafka.bootstrap, Kafka.SEGMENTS, agent.agent_id) == [encode(valid)]
 
 
+def crafted_payloads(agent_id: str) -> list[bytes]:
+    """JSON made to break parsers rather than to pass for a segment: deep nesting (a recursion limit),
+    huge numbers, NaN, duplicate keys, invalid UTF-8, lone surrogates, a segment id worth reading."""
+    sid = new_segment_id()
+    head = f'{{"schema":"edgecap.segment.v1","agent_id":"{agent_id}","segment_id":"{sid}"'.encode()
+    return [
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"segment_id":' * 20_000 + b'"x"' + b"}" * 20_000,
+        head + b',"payload":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+        head + b',"seq":' + b"9" * 5000 + b"}",
+        head + b',"seq":1e999999}',
+        head + b',"seq":NaN,"started_at":-Infinity}',
+        head + b',"seq":1,"seq":2}',
+        head + b',"agent_id":"\\ud800"}',
+        b'{"segment_id":"\xff\xfe' + bytes(range(128, 256)) + b'"}',
+        head + b"}" + b"\x00" * 10,
+    ]
+
+
+@pytest.mark.integration
+def test_crafted_json_is_dead_lettered_and_never_wedges_the_bridge(
+    mosquitto: Mosquitto, kafka: Tansu, agent: Agent
+) -> None:
+    """Hundreds of crafted payloads: each one refused, dead-lettered and acknowledged (none left in the
+    broker's in-flight window), and valid segments behind them still flow."""
+    payloads = crafted_payloads(agent.agent_id) * 30
+    settings = bridge_settings(mosquitto, kafka.bootstrap, max_in_flight=20, deadletter_payload_bytes=100)
+    with Bridge(settings) as bridge:
+        assert bridge.wait_ready(10)
+        for raw in payloads:
+            agent.publish(raw)
+        valid = [make_segment(agent.agent_id, seq) for seq in range(5)]
+        for segment in valid:
+            agent.publish(encode(segment))
+        wait_until(
+            lambda: {s.segment_id for s in valid} <= set(agent.accepted()), 60, "the valid segments' receipts"
+        )
+        wait_until(lambda: bridge.stats()["acknowledged"] == len(payloads) + len(valid), 30, "every ack")
+        stats = bridge.stats()
+        assert stats["errors"] == 0
+        assert sum(stats["dead_lettered"].values()) == len(payloads)
+        assert read_keyed(kafka.bootstrap, Kafka.SEGMENTS, agent.agent_id, len(valid)) == [encode(s) for s in valid]
+
+
+@pytest.mark.integration
+def test_a_bug_in_a_check_refuses_the_message_instead_of_leaving_it_unacknowledged(
+    mosquitto: Mosquitto, kafka: Tansu, agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever a check raises, the message is dead-lettered (invalid, with the error), acknowledged
+    and counted as an error; the next message goes through."""
+    import bridge.uplink
+
+    real_check = bridge.uplink.check_segment
+    poisoned = make_segment(agent.agent_id, 0)
+
+    def check_with_a_bug(raw: bytes, agent_id: str, **limits: object) -> Segment:
+        if poisoned.segment_id.encode() in raw:
+            raise KeyError("a bug")
+        return real_check(raw, agent_id, **limits)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bridge.uplink, "check_segment", check_with_a_bug)
+    with Bridge(bridge_settings(mosquitto, kafka.bootstrap)) as bridge:
+        assert bridge.wait_ready(10)
+        valid = make_segment(agent.agent_id, 1)
+        agent.publish(encode(poisoned))
+        agent.publish(encode(valid))
+        wait_until(lambda: agent.rejected().get(poisoned.segment_id) == "invalid", 15, "the rejection")
+        wait_until(lambda: valid.segment_id in agent.accepted(), 15, "the next segment's receipt")
+        wait_until(lambda: bridge.stats()["acknowledged"] == 2, 15, "both acknowledged")
+        assert bridge.stats()["errors"] == 1 and bridge.stats()["dead_lettered"] == {"invalid": 1}
+
+
 @pytest.mark.integration
 def test_repeated_segment_is_forwarded_and_counted(mosquitto: Mosquitto, kafka: Tansu, agent: Agent) -> None:
     with Bridge(bridge_settings(mosquitto, kafka.bootstrap)) as bridge:
