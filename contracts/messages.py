@@ -257,6 +257,10 @@ class Status(_Model):
         default=None, ge=1, description="Version of the last configuration the agent applied (None: none yet)."
     )
     muted: bool = Field(default=False, description="A remote configuration muted capture (privacy mute).")
+    input_done: bool = Field(
+        default=False,
+        description="The agent's input (a file, stdin) has ended and all of it is captioned; a microphone never ends.",
+    )
 
 
 class AgentConfig(_Model):

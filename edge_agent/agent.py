@@ -70,6 +70,7 @@ class Agent:
             on_final=self._on_final,
             on_config=self._on_config,
             config_state=self.remote.state,
+            input_done=self.input_done.is_set,
             resend_after_s=s.outbox.resend_after_s,
             max_in_flight=s.outbox.max_in_flight,
             resend_max_s=s.outbox.resend_max_s,
@@ -137,6 +138,7 @@ class Agent:
         self.drafter.run(self._segments, _END)
         self.input_done.set()
         log.info("captioning finished: %s", dict(self.drafter.counters))
+        self.link.publish_status()  # say so now, not at the next heartbeat (edgecap demo waits for it)
 
     def _caption(self, speech: SpeechSegment, draft: Transcript | None) -> tuple[int, str]:
         """Commit a finished segment with its draft (the drafter shows the caption)."""

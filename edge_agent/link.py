@@ -96,6 +96,7 @@ class MqttLink:
         on_final: Callable[[Final], object],
         on_config: Callable[[AgentConfig], object] | None = None,
         config_state: Callable[[], tuple[int | None, bool]] | None = None,
+        input_done: Callable[[], bool] | None = None,
         resend_after_s: float = 10.0,
         max_in_flight: int = 50,
         resend_max_s: float = 300.0,
@@ -108,6 +109,7 @@ class MqttLink:
         self.on_final = on_final
         self.on_config = on_config
         self.config_state = config_state  # (applied config version, muted) for the status
+        self.input_done = input_done  # whether the input ended and is all captioned, for the status
         self.resend_after_s = resend_after_s
         self.max_in_flight = max_in_flight
         self.backoff = Backoff(resend_after_s, resend_max_s)
@@ -318,6 +320,7 @@ class MqttLink:
             asr_rtf=health.asr_rtf() if health else None,
             config_version=config_version,
             muted=muted,
+            input_done=self.input_done() if self.input_done is not None else False,
         )
 
     def _status(self, *, online: bool) -> bytes:

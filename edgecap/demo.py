@@ -56,6 +56,7 @@ class Demo:
         self.services: list[Service] = []
         self.stop = threading.Event()
         self.store: Any = None
+        self._watcher: Any = None  # the paho client watching the agent's status
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -109,6 +110,10 @@ class Demo:
         log.info("started %s (pid %d)", name, proc.pid)
 
     def close(self) -> None:
+        if self._watcher is not None:
+            self._watcher.loop_stop()
+            self._watcher.disconnect()
+            self._watcher = None
         for service in reversed(self.services):
             if service.proc.poll() is None:
                 service.proc.terminate()
@@ -170,26 +175,60 @@ class Demo:
             self.store = Store(self.store_url)
         return {row["segment_id"]: row for row in self.store.list_segments(limit=100_000) if row.get("final")}
 
-    def wait_until_done(self, input_s: float) -> dict[str, Any]:
-        """Wait until every captured segment has a final in the store and back on the device."""
-        deadline = time.monotonic() + input_s + self.args.timeout
-        input_end = time.monotonic() + input_s + 2.0  # the last utterance's hangover and draft
+    def watch_status(self) -> threading.Event:
+        """An event set once the agent's retained status says its input ended and is all captioned:
+        the agent says so itself (no guess from the wall clock, which a busy machine makes wrong)."""
+        import paho.mqtt.client as mqtt
+
+        from contracts import DecodeError, Status, Up, decode, mqtt_topic
+
+        done = threading.Event()
+
+        def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+            try:
+                status = decode(bytes(msg.payload), Status)
+            except DecodeError as exc:
+                log.warning("the agent's status does not decode: %s", exc)
+                return
+            if status.input_done:
+                done.set()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"edgecap-demo-{os.getpid()}")
+        client.on_connect = lambda c, *_: c.subscribe(mqtt_topic(AGENT_ID, Up.STATUS), qos=1)
+        client.on_message = on_message
+        client.connect("127.0.0.1", self.mosquitto.port)
+        client.loop_start()
+        self._watcher = client
+        return done
+
+    def wait_until_done(self, input_done: threading.Event) -> dict[str, Any]:
+        """Wait until the agent reports that its input ended and every segment it captured has a final
+        in the store and back on the device (or ``--timeout`` seconds pass without progress)."""
         drafts: dict[str, dict[str, Any]] = {}
         stored: dict[str, dict[str, Any]] = {}
         on_device: set[str] = set()
-        while time.monotonic() < deadline and not self.stop.is_set():
+        progress, last_progress = (0, 0, 0), time.monotonic()
+        while not self.stop.is_set():
             problem = self.crashed()
             if problem:
                 log.error("%s", problem)
                 break
             drafts, on_device = self.agent_log()
             stored = self.finals()
-            if time.monotonic() > input_end and drafts and set(drafts) <= set(stored) and set(drafts) <= on_device:
+            if input_done.is_set() and drafts and set(drafts) <= set(stored) and set(drafts) <= on_device:
                 break
-            time.sleep(0.5)
+            now = (len(drafts), len(stored), len(on_device))
+            if now != progress:
+                progress, last_progress = now, time.monotonic()
+            elif time.monotonic() - last_progress > self.args.timeout:
+                log.error("no progress for %.0f s: giving up", self.args.timeout)
+                break
+            self.stop.wait(0.5)
         summary = summarize(drafts, stored, self.args.reference)
         summary["finals_on_device"] = len(set(drafts) & on_device)
+        summary["input_done"] = input_done.is_set()
         return summary
+
 
 def summarize(
     drafts: dict[str, dict[str, Any]], finals: dict[str, dict[str, Any]], reference: Path | None
@@ -225,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", type=Path, default=SAMPLES / "sample.wav", help="recording played as the microphone")
     parser.add_argument("--reference", type=Path, help="reference transcript of --input (for WER)")
     parser.add_argument("--until-done", action="store_true", help="exit once every segment has a final caption")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds after the input ends to give up")
+    parser.add_argument(
+        "--timeout", type=float, default=300.0, help="seconds without progress (a new draft or final) before giving up"
+    )
     parser.add_argument("--model", default="tiny.en", help="model name under the models directory")
     parser.add_argument(
         "--models-dir", type=Path, default=models_dir(), help="where `edgecap models prepare` put models"
@@ -240,17 +281,17 @@ def main(argv: list[str] | None = None) -> int:
 
     from edge_agent.capture import FileSource
 
-    input_s = FileSource(args.input, realtime=False).duration_s
+    FileSource(args.input, realtime=False)  # a missing or unreadable input fails here, before anything starts
     demo = Demo(args)
     signal.signal(signal.SIGTERM, lambda *_: demo.stop.set())
     try:
         demo.start()
         if args.until_done:
-            summary = demo.wait_until_done(input_s)
+            summary = demo.wait_until_done(demo.watch_status())
             demo.close()  # the agent writes captions to this stdout: stop it before the summary line
             sys.stdout.write(json.dumps(summary) + "\n")
             sys.stdout.flush()
-            return 0 if summary["lost"] == 0 and summary["segments"] > 0 else 1
+            return 0 if summary["input_done"] and summary["lost"] == 0 and summary["segments"] > 0 else 1
         sys.stderr.write("edgecap demo: running; Ctrl-C stops it\n")
         while not demo.stop.wait(1.0):
             problem = demo.crashed()

@@ -32,6 +32,7 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     reference = (SAMPLES_DIR / "sample.txt").read_text()
     utterances = len(json.loads((SAMPLES_DIR / "sample.json").read_text())["utterances"])
 
+    assert summary["input_done"] is True  # the agent said its input ended (the demo did not guess)
     assert summary["segments"] == utterances
     assert summary["finals"] == summary["segments"] and summary["lost"] == 0
     assert summary["wer_final"] <= 0.10

@@ -193,7 +193,11 @@ def test_retained_status_is_the_heartbeat(tmp_path: Path, mosquitto: Mosquitto) 
     watcher.loop_start()
     box = Outbox(tmp_path / "o.db")
     health = Health()
-    link = MqttLink("link-e", MqttSettings(port=mosquitto.port), box, on_final=lambda f: None, health=health)
+    input_done = threading.Event()
+    link = MqttLink(
+        "link-e", MqttSettings(port=mosquitto.port), box, on_final=lambda f: None, health=health,
+        input_done=input_done.is_set,
+    )
     link.start()
     try:
         assert link.connected.wait(10)
@@ -209,6 +213,10 @@ def test_retained_status_is_the_heartbeat(tmp_path: Path, mosquitto: Mosquitto) 
         assert status.rss_mb is not None and 20 < status.rss_mb < 4096
         assert status.cpu_percent is not None and status.cpu_percent > 0
         assert status.uptime_s is not None and status.quota_full is False and status.dropped_segments == 0
+        assert not status.input_done
+        input_done.set()  # the agent's input ended and is all captioned: the next status says so
+        link.publish_status()
+        wait_until(lambda: statuses[-1].input_done, 10, "the status saying the input is done")
     finally:
         link.stop()
     wait_until(lambda: not statuses[-1].online, 10, "the last word: offline, retained")
