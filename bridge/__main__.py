@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from bridge.app import Bridge
 from bridge.settings import BridgeSettings
 from runtime.service import add_common_options, prepare, stop_on_signals
+
+log = logging.getLogger("bridge")
+
+EXIT_BROKEN = 70  # EX_SOFTWARE: a thread died; the supervisor restarts the bridge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(settings, int):
         return settings
     stop = stop_on_signals()
-    with Bridge(settings):
-        stop.wait()
+    with Bridge(settings) as bridge:
+        while not stop.wait(0.5):
+            if bridge.failed.is_set():
+                log.error("exiting: %s", bridge.failure)
+                return EXIT_BROKEN
     return 0
 
 

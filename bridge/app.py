@@ -39,6 +39,9 @@ class Bridge:
         self.metrics = Metrics()
         self.receipts = ReceiptBook(settings.receipt_interval_ms / 1000, settings.receipt_max_ids)
         self._stop = threading.Event()
+        self.failed = threading.Event()
+        """Set when a thread of the bridge died: the process must exit (non-zero) and be restarted."""
+        self.failure: str | None = None
         self._loop: threading.Thread | None = None
         self.delivery: Delivery | None = None
         self.producer: Producer | None = None  # the downlink's dead letters
@@ -77,12 +80,20 @@ class Bridge:
             self.producer = Producer(
                 s.kafka.config(logger=logging.getLogger("bridge.kafka.deadletters"), acks="all")
             )
-            self.downlink = Downlink(s, self.publisher, self.producer, self.metrics)
+            self.downlink = Downlink(s, self.publisher, self.producer, self.metrics, self._fail)
             self.downlink.start()
         log.info(
             "bridge %s started: mqtt %s:%d, kafka %s", s.client_id, s.mqtt.host, s.mqtt.port, s.kafka.bootstrap_servers
         )
         return self
+
+    def _fail(self, why: str) -> None:
+        """A thread died: report unhealthy and let the process exit, so that its supervisor restarts
+        it (a half-alive bridge would take segments and never deliver finals, say)."""
+        self.failure = self.failure or why
+        self.metrics.healthy.set(0)
+        log.critical("bridge %s is broken: %s", self.settings.client_id, why)
+        self.failed.set()
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Whether the uplink subscription was granted within ``timeout_s``."""

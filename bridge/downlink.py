@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from paho.mqtt.client import MQTTMessageInfo
@@ -43,8 +44,14 @@ class Downlink:
     of its own."""
 
     def __init__(
-        self, settings: BridgeSettings, publisher: MqttConnection, producer: Producer, metrics: Metrics
+        self,
+        settings: BridgeSettings,
+        publisher: MqttConnection,
+        producer: Producer,
+        metrics: Metrics,
+        on_failure: Callable[[str], None],
     ) -> None:
+        self.on_failure = on_failure  # the thread died: the bridge is no longer whole
         self.settings = settings
         self.publisher = publisher
         self.producer = producer
@@ -81,8 +88,9 @@ class Downlink:
                 records = poll_batch(consumer, _BATCH, max_wait_s=0, idle_s=0.2)
                 if records:
                     self._deliver(consumer, records)
-        except Exception:
+        except Exception as exc:
             log.exception("downlink stopped by an unexpected error")
+            self.on_failure(f"the downlink thread died: {exc!r}")
         finally:
             consumer.close()  # commits the stored offsets
 

@@ -51,6 +51,10 @@ class Metrics:
         )
         self.reconnects = Counter(p + "reconnects", "MQTT reconnections, by client.", ["client"], registry=r)
         self.connected = Gauge(p + "mqtt_connected", "1 while the uplink is subscribed.", registry=r)
+        self.healthy = Gauge(
+            p + "healthy", "1 while every thread of the bridge runs; 0 once one died (the process exits).", registry=r
+        )
+        self.healthy.set(1)
         self.downlink_published = Counter(p + "downlink_published", "Finals published to agents.", registry=r)
         self.downlink_failures = Counter(p + "downlink_failures", "Finals whose publish failed.", registry=r)
         self.config_published = Counter(p + "config_published", "Configurations published to agents.", registry=r)

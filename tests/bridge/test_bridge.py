@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 from agents_sim import bridge_service
 from confluent_kafka import Producer
-from support import REPO, Agent, bridge_settings, make_segment, read_keyed, read_topic, scrape, unique, wait_until
+from support import (
+    REPO,
+    Agent,
+    bridge_settings,
+    make_segment,
+    read_keyed,
+    read_topic,
+    scrape,
+    service_env,
+    unique,
+    wait_until,
+)
 
 from bridge.app import Bridge
 from bridge.receipts import ReceiptBook
@@ -403,3 +414,41 @@ def test_unknown_setting_is_a_clear_error(tmp_path: Path) -> None:
     done = _run_main("--config", str(config), "--check-config")
     assert done.returncode != 0
     assert "max_audoi_s: not a known setting" in done.stderr
+
+
+@pytest.mark.integration
+def test_a_dead_thread_makes_the_bridge_unhealthy_and_exit_non_zero(
+    mosquitto: Mosquitto, kafka: Tansu, agent: Agent, tmp_path: Path
+) -> None:
+    """No half-alive bridge: when its downlink thread dies (a fault injected into the real process),
+    the bridge sets its ``healthy`` metric to 0, says why, and exits with 70 for its supervisor to
+    restart it (it used to log the error and run on without a downlink)."""
+    port = free_port()
+    settings = bridge_settings(mosquitto, kafka.bootstrap, downlink=True, metrics_port=port)
+    fault = (
+        "import sys, bridge.downlink as d\n"
+        "def broken(self, consumer, records):\n"
+        "    raise RuntimeError('injected fault')\n"
+        "d.Downlink._deliver = broken\n"
+        "from bridge.__main__ import main\n"
+        "sys.exit(main())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGECAP_")} | service_env(settings)
+    log = tmp_path / "bridge.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", fault], cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        wait_until(lambda: scrape(port).get("edgecap_bridge_healthy") == 1.0, 30, "a healthy bridge")
+        producer = Producer({"bootstrap.servers": kafka.bootstrap})
+        final = Final(
+            **make_segment(agent.agent_id, 0).header(), text="x", source="cloud", version=2,
+            transcript=Transcript(text="x", model_id="m", produced_at=time.time()),
+        )
+        producer.produce(Kafka.FINALS.value, key=agent.agent_id, value=encode(final))
+        producer.flush(10)
+        assert proc.wait(60) == 70, log.read_text()[-3000:]
+        assert "the downlink thread died" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
