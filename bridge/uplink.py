@@ -28,7 +28,8 @@ from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
-from contracts import Frame, Kafka, Reason, Receipt, Rejection, Segment, Up, encode, shared_filter
+from contracts import Frame, Kafka, Reason, Rejection, Segment, Up, encode, shared_filter
+from contracts.ids import is_agent_id
 from runtime.kafka import dead_letter
 
 log = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class Uplink:
         record = dead_letter(raw, msg.topic, agent_id, refused.reason, refused.detail, keep)
         segment_id = readable_segment_id(raw, 16 * self.settings.max_message_bytes)
         rejection = None
-        if agent_id is not None and segment_id is not None and _can_receipt(agent_id):
+        if agent_id is not None and segment_id is not None and is_agent_id(agent_id):
             rejection = Rejection(segment_id=segment_id, reason=refused.reason, detail=refused.detail)
 
         def rejected() -> None:
@@ -246,11 +247,3 @@ class Uplink:
             self.metrics.in_flight.dec(acked)
         return acked
 
-
-def _can_receipt(agent_id: str) -> bool:
-    """Whether ``agent_id`` is a valid id to address a receipt to."""
-    try:
-        Receipt(agent_id=agent_id, issued_at=0)
-    except ValueError:
-        return False
-    return True
