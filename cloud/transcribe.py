@@ -6,8 +6,11 @@ length (similar lengths decode together), one engine call per batch. Each
 :class:`~contracts.CloudTranscript` goes to ``edgecap.transcripts`` keyed by ``agent_id``; offsets
 are stored only once every output of the batch is delivered. An undecodable record, or a segment
 the engine fails on by itself, becomes a dead letter (counted, offset stored, the worker goes on).
-If delivery fails or every segment fails (the engine itself is broken), the batch is rewound and
-retried after a pause.
+A segment is at fault only if the engine works: when it fails on every segment of a batch (a
+batch of one included), it is given a second of silence, and if that fails too the engine is
+broken (a dead GPU, say): nothing is dead-lettered, the worker reports unhealthy
+(``edgecap_worker_healthy`` 0) and retries the batch after a growing pause. If delivery fails, the
+batch is retried the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from runtime.kafka import BatchWorker, Publisher
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgecap-transcribe"
+PROBE_SAMPLES = SAMPLE_RATE  # the probe that tells a broken engine from a bad segment: 1 s of silence
 
 
 class TranscribeWorker(BatchWorker):
@@ -60,8 +64,10 @@ class TranscribeWorker(BatchWorker):
         items.sort(key=lambda item: item[2].size)
 
         results = self._transcribe([audio for _, _, audio in items])
-        if items and all(r is None for r in results) and len(items) > 1:
-            log.error("the engine failed on all %d segments: retrying the batch later", len(items))
+        if any(r is None for r in results) and not self._engine_works(results):
+            # a broken engine (a dead GPU), not bad segments: dead-letter nothing, retry the batch later
+            log.error("the engine fails on everything: %d segments wait, retrying later", len(items))
+            self.tally.add("engine_down")
             return False
         for (msg, segment, _), transcript in zip(items, results, strict=True):
             if transcript is None:
@@ -71,6 +77,18 @@ class TranscribeWorker(BatchWorker):
             publisher.send(Kafka.TRANSCRIPTS, segment.agent_id, encode(out))
             self.tally.add("transcribed")
         return publisher.deliver()
+
+    def _engine_works(self, results: list[Transcript | None]) -> bool:
+        """Whether the engine works, so that the segments it failed on are at fault: it transcribed
+        another segment of the batch, or a probe (a second of silence) now."""
+        if any(r is not None for r in results):
+            return True
+        try:
+            self.engine.transcribe_batch([np.zeros(PROBE_SAMPLES, dtype=np.float32)])
+        except Exception as exc:
+            log.warning("the engine fails on a second of silence too: %r", exc)
+            return False
+        return True
 
     def _transcribe(self, audios: list[np.ndarray]) -> list[Transcript | None]:
         """The engine's transcripts; on failure each segment alone, None where it still fails."""

@@ -24,9 +24,10 @@ from typing import Any, ClassVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from contracts import DeadLetter, Kafka, Reason, encode
+from contracts.bounds import MAX_DETAIL_CHARS, MAX_SOURCE_CHARS, clip
 from runtime.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,11 @@ RECORDS = Counter(
     "edgecap_worker_records_total",
     "Kafka records handled by a cloud worker, by worker and outcome.",
     ["worker", "outcome"],
+)
+HEALTHY = Gauge(
+    "edgecap_worker_healthy",
+    "1 while a Kafka worker's batches go through; 0 while it retries one (its engine, store or Kafka fails).",
+    ["worker"],
 )
 
 
@@ -149,12 +155,12 @@ def dead_letter(
     keep_bytes: int = DEAD_LETTER_MAX_PAYLOAD,
 ) -> DeadLetter:
     """The dead-letter record of a refused input from ``source`` (an MQTT or Kafka topic), its
-    payload truncated to ``keep_bytes``."""
+    payload truncated to ``keep_bytes`` and its texts to the contract's bounds."""
     return DeadLetter(
         reason=reason,
-        detail=detail,
-        source=source,
-        agent_id=agent_id,
+        detail=clip(detail, MAX_DETAIL_CHARS),
+        source=clip(source, MAX_SOURCE_CHARS),
+        agent_id=None if agent_id is None else clip(agent_id, MAX_SOURCE_CHARS),
         received_at=time.time(),
         payload=payload[:keep_bytes],
         truncated=len(payload) > keep_bytes,
@@ -289,7 +295,8 @@ class BatchWorker(ABC):
     :meth:`run` creates missing topics, then loops until ``stop`` is set: poll a batch, hand it to
     :meth:`handle`, and if that returns True store the batch's offsets (the group moves past it);
     if False (an output was not delivered, a dependency failed) seek back to the batch's first
-    records and try them again after ``retry_pause_s``. A set ``stop`` (SIGTERM) ends the loop only
+    records and try them again after a pause (``retry_pause_s``, doubling while the failures go on, up
+    to ``max_retry_pause_s``); ``edgecap_worker_healthy`` is 0 meanwhile. A set ``stop`` (SIGTERM) ends the loop only
     between batches, so the batch in hand is finished and its offsets stored; closing the consumer
     commits them. A worker that crashes before storing a batch's offsets leaves that batch to be
     redone by the group: outputs are at least once, and consumers downstream tolerate duplicates.
@@ -301,6 +308,7 @@ class BatchWorker(ABC):
     batch_size: int
     max_wait_s: float
     retry_pause_s: float = 2.0
+    max_retry_pause_s: float = 30.0
 
     def __init__(self, kafka: KafkaSettings, group: str, session_timeout_ms: int, topic_partitions: int) -> None:
         """``group`` is the consumer group the worker's replicas share (they split the inputs'
@@ -322,6 +330,9 @@ class BatchWorker(ABC):
         ensure_topics(self.kafka, dict.fromkeys([*self.inputs, *self.outputs]), self.topic_partitions)
         publisher = Publisher(self.kafka)
         consumer = open_consumer(self.kafka, self.group, list(self.inputs), self.session_timeout_ms)
+        healthy = HEALTHY.labels(self.name)
+        healthy.set(1)
+        pause = self.retry_pause_s
         try:
             while not stop.is_set():
                 batch = poll_batch(consumer, self.batch_size, self.max_wait_s)
@@ -329,10 +340,14 @@ class BatchWorker(ABC):
                     continue
                 if self.handle(batch, publisher):
                     store_offsets(consumer, batch)
+                    healthy.set(1)
+                    pause = self.retry_pause_s
                 else:
                     self.tally.add("retried_batch")
+                    healthy.set(0)
                     rewind(consumer, batch)
-                    stop.wait(self.retry_pause_s)
+                    stop.wait(pause)
+                    pause = min(2 * pause, self.max_retry_pause_s)
         finally:
             publisher.close()
             consumer.close()
