@@ -138,6 +138,7 @@ class MqttLink:
         client.on_disconnect = self._on_disconnect
         client.on_connect_fail = self._on_connect_fail
         client.on_message = self._on_message
+        client.suppress_exceptions = True  # a callback's error is logged by paho, never ends the network thread
         return client
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -202,6 +203,13 @@ class MqttLink:
         self.connected.clear()
 
     def _on_message(self, _c: object, _ud: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            self._handle(msg)
+        except Exception:  # the outbox (a full disk), the caption files: count it, keep the link
+            self.counters["downlink_errors"] += 1
+            log.exception("handling a message on %s failed", msg.topic)
+
+    def _handle(self, msg: mqtt.MQTTMessage) -> None:
         try:
             message = decode(bytes(msg.payload))
         except DecodeError as exc:
