@@ -7,7 +7,7 @@ BIN        := $(VENV)/bin
 # where prepared models live, for the demo, the tests and every service (runtime.settings.models_dir)
 MODELS_DIR ?= $(HOME)/.cache/edgecap/models
 export EDGECAP_MODELS_DIR := $(MODELS_DIR)
-APT_PACKAGES := mosquitto espeak-ng sox libsndfile1 chromium chromium-driver
+APT_PACKAGES := mosquitto espeak-ng sox libsndfile1 chromium chromium-driver postgresql
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # torch is pinned first so the cloud extra's requirement is met by the CPU build (see README).
 TORCH_PIN  := torch==2.13.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts.bounds import MAX_RECEIPT_IDS
 from contracts.messages import DEFAULT_MAX_BYTES
 from runtime.settings import KafkaSettings, MqttSettings, ServiceSettings
 
@@ -40,7 +41,9 @@ class BridgeSettings(ServiceSettings):
         500, ge=1, le=65535, description="Messages produced to Kafka but not yet confirmed, at most."
     )
     receipt_interval_ms: int = Field(20, ge=1, description="How long a receipt batch may wait before it is sent.")
-    receipt_max_ids: int = Field(100, ge=1, description="A receipt is sent at once when it lists this many ids.")
+    receipt_max_ids: int = Field(
+        100, ge=1, le=MAX_RECEIPT_IDS, description="A receipt is sent at once when it lists this many ids."
+    )
     dedup_window: int = Field(10_000, ge=1, description="How many recent segment ids are remembered for duplicates.")
     deadletter_payload_bytes: int = Field(
         64 * 1024, ge=0, description="Refused payloads are truncated to this many bytes in dead letters."

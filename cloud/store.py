@@ -6,6 +6,11 @@ is guaranteed by the database, not by reading first: the final is claimed with
 so two reconcilers racing on the same transcript store one final and the loser sees a duplicate.
 Drafts and transcripts may arrive in either order; whichever comes first creates the row.
 
+Every value that decodes fits its column (the limits of :mod:`contracts.bounds`): integers are
+64-bit (``BIGINT`` on PostgreSQL; SQLite's ``INTEGER`` is 64-bit whatever the declared type, so a
+store created before these types holds the same values), ids and model names are at least as long
+as the contract allows, texts are ``TEXT``, times are double precision.
+
 The store persists, the reconciler decides: which text becomes the final is the rule the reconciler
 passes to :meth:`Store.record_final` (:mod:`cloud.rule`), applied to the draft stored at the moment
 the final is claimed, in the same transaction.
@@ -18,6 +23,7 @@ import time
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Engine,
     Float,
@@ -40,7 +46,7 @@ from sqlalchemy.pool import StaticPool
 
 from cloud.captions import CaptionVersion, DraftRow, FinalRow, SegmentRow
 from cloud.rule import DRAFT_VERSION, Rule
-from contracts import CloudTranscript, Draft, Final, decode, encode
+from contracts import CloudTranscript, Draft, Final, bounds, decode, encode
 
 log = logging.getLogger(__name__)
 
@@ -48,22 +54,27 @@ __all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentRow", "Store"]
 
 metadata = MetaData()
 
+AGENT_ID_CHARS = 64  # contracts.ids.AGENT_ID_PATTERN
+SEGMENT_ID_CHARS = 128  # contracts.ids.SEGMENT_ID_PATTERN
+# a 64-bit row id that is still SQLite's rowid (only "INTEGER PRIMARY KEY" is)
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
 segments = Table(
     "segments",
     metadata,
-    Column("segment_id", String(128), primary_key=True),
-    Column("agent_id", String(64), nullable=False),
-    Column("seq", Integer, nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), primary_key=True),
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("seq", BigInteger, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float, nullable=False),
     Column("draft_text", Text),
-    Column("draft_model_id", String(200)),
+    Column("draft_model_id", String(bounds.MAX_NAME_CHARS)),
     Column("draft_produced_at", Float),
     Column("final_text", Text),
-    Column("final_model_id", String(200)),
+    Column("final_model_id", String(bounds.MAX_NAME_CHARS)),
     Column("final_produced_at", Float),
     Column("final_source", String(8)),
-    Column("final_version", Integer),
+    Column("final_version", BigInteger),
     Column("final_stored_at", Float),
     Column("final_message", Text, comment="The Final as sent on the wire (re-sent if never published)."),
     Column("final_published_at", Float),
@@ -75,12 +86,12 @@ segments = Table(
 caption_versions = Table(
     "caption_versions",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("segment_id", String(128), nullable=False),
-    Column("version", Integer, nullable=False),
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("version", BigInteger, nullable=False),
     Column("source", String(8), nullable=False),
     Column("text", Text, nullable=False),
-    Column("model_id", String(200), nullable=False),
+    Column("model_id", String(bounds.MAX_NAME_CHARS), nullable=False),
     Column("produced_at", Float, nullable=False),
     UniqueConstraint("segment_id", "version", name="uq_caption_versions_segment_version"),
 )
@@ -117,11 +128,13 @@ class Store:
         self.dialect = parsed.get_backend_name()
         if self.dialect not in ("sqlite", "postgresql"):
             raise ValueError(f"unsupported store {parsed.render_as_string(hide_password=True)}: sqlite or postgresql")
+        if parsed.drivername == "postgresql":  # a plain postgresql:// URL: the driver of the cloud extra
+            parsed = parsed.set(drivername="postgresql+psycopg")
         if self.dialect == "sqlite" and parsed.database in (None, "", ":memory:"):
             # one shared connection, or every pooled connection would see its own empty database
-            self.engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+            self.engine = create_engine(parsed, poolclass=StaticPool, connect_args={"check_same_thread": False})
         else:
-            self.engine = create_engine(url, pool_pre_ping=self.dialect != "sqlite")
+            self.engine = create_engine(parsed, pool_pre_ping=self.dialect != "sqlite")
         if self.dialect == "sqlite":
             _sqlite_setup(self.engine)
         self._reader = self.engine.execution_options(edgecap_readonly=True)
@@ -152,7 +165,8 @@ class Store:
             where=segments.c.draft_produced_at.is_(None),
         )
         with self.engine.begin() as conn:
-            stored = conn.execute(upsert).rowcount == 1
+            # RETURNING, not rowcount: psycopg reports no row count for INSERT … ON CONFLICT
+            stored = conn.execute(upsert.returning(segments.c.segment_id)).first() is not None
             if stored:
                 self._add_version(
                     conn, draft.segment_id, DRAFT_VERSION, "edge", t.text.strip(), t.model_id, t.produced_at

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from contracts.bounds import MAX_DETAIL_CHARS, clip
+
 
 class Reason(StrEnum):
     """Why a message was refused; the same codes appear in dead-letter records and receipts."""
@@ -19,10 +21,14 @@ class Reason(StrEnum):
 class DecodeError(ValueError):
     """Raised by :func:`contracts.decode` for anything that is not a valid message.
 
-    ``reason`` is a stable machine code, ``detail`` a human sentence for the log.
+    ``reason`` is a stable machine code, ``detail`` a human sentence for the log, cut to what a
+    receipt's rejection and a dead letter hold (:data:`~contracts.bounds.MAX_DETAIL_CHARS`).
+    A value beyond one of the limits of :mod:`contracts.bounds` is :attr:`Reason.INVALID` too: the
+    detail names the field and the limit.
     """
 
     def __init__(self, reason: Reason, detail: str) -> None:
+        detail = clip(detail, MAX_DETAIL_CHARS)
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail

@@ -4,14 +4,20 @@ Every message is one JSON object whose ``schema`` field names its type and versi
 (``edgecap.segment.v1`` …). Binary payloads (audio, JPEG) are base64 strings. MQTT and Kafka
 carry exactly the bytes :func:`encode` produces, so a component in another language needs only
 ``contracts/schema/edgecap-v1.schema.json``.
+
+Every field is bounded (:mod:`contracts.bounds`: 64-bit integers, a time window, lengths of texts
+and lists, no NUL in texts), so that whatever decodes can be stored; :func:`decode` refuses the
+rest as :attr:`~contracts.Reason.INVALID`, naming the field and the limit.
 """
 
 from __future__ import annotations
 
 import binascii
+import time
 from typing import Annotated, Any, Literal, TypeVar, overload
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from contracts import bounds
 from contracts.errors import DecodeError, Reason
 from contracts.ids import AGENT_ID_PATTERN, SEGMENT_ID_PATTERN
 
@@ -42,8 +49,45 @@ SegmentId = Annotated[
     StringConstraints(pattern=SEGMENT_ID_PATTERN),
     Field(description="Unique id of a captured item, stable across retries."),
 ]
-Seq = Annotated[int, Field(ge=0, description="Per-agent, strictly increasing sequence number.")]
-UnixTime = Annotated[float, Field(ge=0, description="Seconds since the Unix epoch (UTC).")]
+Seq = Annotated[
+    int, Field(ge=0, le=bounds.MAX_INT, description="Per-agent, strictly increasing sequence number (signed 64-bit).")
+]
+Count = Annotated[int, Field(ge=0, le=bounds.MAX_INT)]
+Version = Annotated[int, Field(ge=1, le=bounds.MAX_INT)]
+
+
+def _not_in_the_future(value: float) -> float:
+    """A time at most :data:`~contracts.bounds.FUTURE_MARGIN_S` past this process's clock."""
+    now = time.time()
+    if value > now + bounds.FUTURE_MARGIN_S:
+        raise ValueError(f"{value} is more than {bounds.FUTURE_MARGIN_S:.0f} s past the receiver's clock ({now:.0f})")
+    return value
+
+
+TIME_WINDOW = (
+    f"Not before {bounds.EARLIEST_TIME:.0f} (the epoch) nor more than {bounds.FUTURE_MARGIN_S:.0f} s "
+    "past the receiver's clock."
+)
+UnixTime = Annotated[
+    float,
+    Field(ge=bounds.EARLIEST_TIME, description=f"Seconds since the Unix epoch (UTC). {TIME_WINDOW}"),
+    AfterValidator(_not_in_the_future),
+]
+
+
+def _text(max_chars: int) -> Any:
+    """Free text of at most ``max_chars`` characters, without NUL (PostgreSQL's text cannot hold it)."""
+    return StringConstraints(max_length=max_chars, pattern=bounds.NO_NUL)
+
+
+def when(description: str) -> str:
+    """A time field's description, with the window every time lies in (for the JSON schema)."""
+    return f"{description} {TIME_WINDOW}"
+
+
+Text = Annotated[str, _text(bounds.MAX_TEXT_CHARS)]
+Name = Annotated[str, _text(bounds.MAX_NAME_CHARS)]
+Detail = Annotated[str, _text(bounds.MAX_DETAIL_CHARS)]
 
 
 def _b64_decode(value: Any) -> bytes:
@@ -77,7 +121,7 @@ class _Model(BaseModel):
 class Word(_Model):
     """One word with its time span in seconds from the start of the segment."""
 
-    word: str
+    word: Annotated[str, _text(bounds.MAX_WORD_CHARS)]
     start: float
     end: float
     probability: float | None = None
@@ -88,18 +132,20 @@ class TranscriptSegment(_Model):
 
     start: float
     end: float
-    text: str
-    words: list[Word] = Field(default_factory=list)
+    text: Text
+    words: list[Word] = Field(default_factory=list, max_length=bounds.MAX_WORDS)
 
 
 class Transcript(_Model):
     """Text of one audio segment by one model."""
 
-    text: str
-    model_id: str = Field(description="Which model produced this text, e.g. 'whisper-tiny.en-int8-onnx'.")
-    language: str | None = None
-    segments: list[TranscriptSegment] = Field(default_factory=list)
-    produced_at: UnixTime = Field(description="When the text was ready.")
+    text: Text
+    model_id: Name = Field(description="Which model produced this text, e.g. 'whisper-tiny.en-int8-onnx'.")
+    language: Annotated[str, _text(bounds.MAX_LANGUAGE_CHARS)] | None = Field(
+        default=None, description="Language tag of the text, e.g. 'en'."
+    )
+    segments: list[TranscriptSegment] = Field(default_factory=list, max_length=bounds.MAX_SPANS)
+    produced_at: UnixTime = Field(description=when("When the text was ready."))
 
 
 # --- payloads ---------------------------------------------------------------------------
@@ -108,8 +154,8 @@ class Audio(_Model):
     """Mono or multi-channel PCM audio."""
 
     codec: Literal["pcm_s16le"] = "pcm_s16le"
-    sample_rate: int = Field(ge=8000, le=48000)
-    channels: int = Field(default=1, ge=1, le=2)
+    sample_rate: int = Field(ge=bounds.SAMPLE_RATES_HZ[0], le=bounds.SAMPLE_RATES_HZ[1])
+    channels: int = Field(default=1, ge=1, le=bounds.MAX_CHANNELS)
     data: Base64Bytes
 
     @model_validator(mode="after")
@@ -127,8 +173,8 @@ class Image(_Model):
     """An encoded still image."""
 
     codec: Literal["jpeg"] = "jpeg"
-    width: int = Field(ge=1, le=8192)
-    height: int = Field(ge=1, le=8192)
+    width: int = Field(ge=1, le=bounds.MAX_IMAGE_SIDE)
+    height: int = Field(ge=1, le=bounds.MAX_IMAGE_SIDE)
     data: Base64Bytes
 
 
@@ -147,8 +193,8 @@ class SegmentHeader(_Model):
     agent_id: AgentId
     segment_id: SegmentId
     seq: Seq
-    started_at: UnixTime = Field(description="Capture time of the first sample.")
-    ended_at: UnixTime = Field(description="Capture time just after the last sample.")
+    started_at: UnixTime = Field(description=when("Capture time of the first sample."))
+    ended_at: UnixTime = Field(description=when("Capture time just after the last sample."))
 
     def header(self) -> dict[str, Any]:
         """The header's fields by name (``agent_id`` … ``ended_at``), to build the next message
@@ -195,7 +241,7 @@ class Frame(_Model):
     agent_id: AgentId
     segment_id: SegmentId = Field(description="Id of the frame, unique like a segment id.")
     seq: Seq
-    captured_at: UnixTime
+    captured_at: UnixTime = Field(description=when("Capture time of the frame."))
     image: Image
 
 
@@ -204,18 +250,18 @@ class CloudTranscript(SegmentHeader):
 
     schema_: Literal["edgecap.transcript.v1"] = Field(default="edgecap.transcript.v1", alias="schema")
     transcript: Transcript
-    worker: str = Field(description="Which worker instance produced it.")
+    worker: Name = Field(description="Which worker instance produced it.")
 
 
 class Final(SegmentHeader):
     """The reconciled caption of a segment (reconciler → ``edgecap.finals`` → device)."""
 
     schema_: Literal["edgecap.final.v1"] = Field(default="edgecap.final.v1", alias="schema")
-    text: str
+    text: Text
     source: Literal["cloud", "edge"] = Field(description="Whose text won.")
-    version: int = Field(ge=1, description="Caption version; the edge draft is version 1.")
+    version: Version = Field(description="Caption version; the edge draft is version 1.")
     transcript: Transcript
-    draft_text: str | None = Field(default=None, description="The edge draft it replaces.")
+    draft_text: Text | None = Field(default=None, description="The edge draft it replaces.")
 
 
 class Rejection(_Model):
@@ -223,7 +269,7 @@ class Rejection(_Model):
 
     segment_id: SegmentId
     reason: Reason
-    detail: str = ""
+    detail: Detail = ""
 
 
 class Receipt(_Model):
@@ -231,9 +277,9 @@ class Receipt(_Model):
 
     schema_: Literal["edgecap.receipt.v1"] = Field(default="edgecap.receipt.v1", alias="schema")
     agent_id: AgentId
-    accepted: list[SegmentId] = Field(default_factory=list)
-    rejected: list[Rejection] = Field(default_factory=list)
-    issued_at: UnixTime
+    accepted: list[SegmentId] = Field(default_factory=list, max_length=bounds.MAX_RECEIPT_IDS)
+    rejected: list[Rejection] = Field(default_factory=list, max_length=bounds.MAX_RECEIPT_IDS)
+    issued_at: UnixTime = Field(description=when("When the bridge sent it."))
 
 
 class Status(_Model):
@@ -242,19 +288,19 @@ class Status(_Model):
     schema_: Literal["edgecap.status.v1"] = Field(default="edgecap.status.v1", alias="schema")
     agent_id: AgentId
     online: bool
-    at: UnixTime
-    queue_depth: int = Field(default=0, ge=0)
+    at: UnixTime = Field(description=when("When the agent sent it."))
+    queue_depth: Count = Field(default=0, description="Entries waiting in the outbox.")
     oldest_age_s: float = Field(default=0.0, ge=0)
     uptime_s: float | None = Field(default=None, ge=0, description="Seconds since the agent started.")
     cpu_percent: float | None = Field(default=None, ge=0, description="CPU use since the last status, % of one core.")
     rss_mb: float | None = Field(default=None, ge=0, description="Resident memory of the agent in MiB.")
     asr_rtf: float | None = Field(default=None, ge=0, description="Real-time factor of recent local transcriptions.")
     quota_full: bool = Field(default=False, description="The outbox quota is reached and its policy applies.")
-    dropped_segments: int = Field(
-        default=0, ge=0, description="Segments whose audio the quota policy dropped, or that it refused."
+    dropped_segments: Count = Field(
+        default=0, description="Segments whose audio the quota policy dropped, or that it refused."
     )
-    config_version: int | None = Field(
-        default=None, ge=1, description="Version of the last configuration the agent applied (None: none yet)."
+    config_version: Version | None = Field(
+        default=None, description="Version of the last configuration the agent applied (None: none yet)."
     )
     muted: bool = Field(default=False, description="A remote configuration muted capture (privacy mute).")
     input_done: bool = Field(
@@ -269,10 +315,10 @@ class AgentConfig(_Model):
 
     schema_: Literal["edgecap.agent_config.v1"] = Field(default="edgecap.agent_config.v1", alias="schema")
     agent_id: AgentId
-    version: int = Field(
-        ge=1, description="Applied only if greater than the last applied version; stale and replayed ones are ignored."
+    version: Version = Field(
+        description="Applied only if greater than the last applied version; stale and replayed ones are ignored."
     )
-    issued_at: UnixTime
+    issued_at: UnixTime = Field(description=when("When the operator issued it."))
     muted: bool | None = Field(
         default=None, description="Privacy mute: capture runs, audio is discarded before the VAD, nothing is sent."
     )
@@ -297,10 +343,14 @@ class DeadLetter(_Model):
 
     schema_: Literal["edgecap.deadletter.v1"] = Field(default="edgecap.deadletter.v1", alias="schema")
     reason: Reason
-    detail: str
-    source: str = Field(description="Where it came from: an MQTT or Kafka topic.")
-    agent_id: str | None = Field(default=None, description="Claimed sender, if one could be read.")
-    received_at: UnixTime
+    detail: Detail
+    source: Annotated[str, _text(bounds.MAX_SOURCE_CHARS)] = Field(
+        description="Where it came from: an MQTT or Kafka topic."
+    )
+    agent_id: Annotated[str, _text(bounds.MAX_SOURCE_CHARS)] | None = Field(
+        default=None, description="Claimed sender, if one could be read (not necessarily a valid agent id)."
+    )
+    received_at: UnixTime = Field(description=when("When the refusing service received it."))
     payload: Base64Bytes = Field(description="The refused bytes (possibly truncated).")
     truncated: bool = False
 

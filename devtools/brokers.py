@@ -48,16 +48,43 @@ def wait_for_port(port: int, timeout_s: float, proc: subprocess.Popen[bytes] | N
     raise BrokerError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
-class _Process:
-    """A child broker process with a work directory; a context manager."""
+class LocalServer:
+    """A server for the demo and the tests on 127.0.0.1 and a free port, with a work directory (its
+    own temporary one unless given, removed on :meth:`close`); a context manager."""
 
-    name = "broker"
-    stop_timeout_s = 5.0
+    name = "server"
 
     def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
         self.port = port or free_port()
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"edgecap-{self.name}-"))
+
+    def start(self, timeout_s: float = 10.0) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Process(LocalServer):
+    """A child broker process, one command run in the foreground."""
+
+    name = "broker"
+    stop_timeout_s = 5.0
+
+    def __init__(self, port: int | None = None, workdir: Path | None = None) -> None:
+        super().__init__(port, workdir)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -107,17 +134,6 @@ class _Process:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_dir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def mosquitto_binary() -> str:

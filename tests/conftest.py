@@ -11,9 +11,18 @@ from pathlib import Path
 import pytest
 
 from devtools.brokers import Mosquitto, Tansu
+from devtools.postgres import Postgres
 from runtime.settings import models_dir as runtime_models_dir
 
-TIER_OF_FIXTURE = {"mosquitto": "integration", "kafka": "integration", "models_dir": "models"}
+TIER_OF_FIXTURE = {
+    "mosquitto": "integration",
+    "kafka": "integration",
+    "postgres": "integration",
+    "models_dir": "models",
+}
+STORE_BACKENDS = ("sqlite", pytest.param("postgresql", marks=pytest.mark.integration))
+"""What the ``store_url`` fixture runs a test against: every store test runs on both (the
+PostgreSQL run is in the integration tier, like the ``postgres`` fixture it uses)."""
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -36,6 +45,24 @@ def mosquitto() -> Iterator[Mosquitto]:
 def kafka() -> Iterator[Tansu]:
     with Tansu() as broker:
         yield broker
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL cluster of this test session (Debian's ``postgresql``: initdb + pg_ctl in a
+    temporary directory on a free loopback port)."""
+    with Postgres() as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty caption store: an SQLite file, or a new database in the session's
+    PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'captions.db'}"
+    cluster: Postgres = request.getfixturevalue("postgres")
+    return cluster.new_database()
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
-"""Device identities at the MQTT broker: password-file entries, client certificates, the broker's
-configuration rendered from the templates in ``edgecap/admin/mosquitto/`` (package data).
+"""Device identities at the MQTT broker: accounts, client certificates, the broker's configuration
+rendered from the templates in ``edgecap/admin/mosquitto/`` (package data).
 
-A device is known to mosquitto by its agent id, as user name (an entry in the password file made by
-``mosquitto_passwd``) and/or as the common name of a client certificate issued by the fleet's CA.
-The shipped ACL grants by ``%u`` pattern, so a device needs no ACL line of its own. Certificates are
-made with the ``openssl`` command line (no Python crypto package is needed on the broker host).
-The command line is :mod:`edgecap.admin.devices_cli` (``edgecap devices``).
+A device is known to mosquitto by its agent id: as user name of an account in the dynamic security
+plugin's file (:mod:`edgecap.admin.dynsec`, with a password and a role granting exactly its own
+topics) and/or as the common name of a client certificate issued by the fleet's CA (the account then
+holds its role, without a password). Certificates are made with the ``openssl`` command line (no
+Python crypto package is needed on the broker host). The command line is
+:mod:`edgecap.admin.devices_cli` (``edgecap devices``).
 
 The CA directory is an ``openssl ca`` database, made lazily (a CA from an older ``init-ca`` gets it on
 first use): ``index.txt`` records every certificate the CA signs (serial, CN, expiry, revoked or
@@ -34,9 +35,8 @@ log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).resolve().parent / "mosquitto"  # package data: found in a wheel too
 CONFIG_TEMPLATE = TEMPLATES / "mosquitto.conf"
-ACL_FILE = TEMPLATES / "acl"
 BRIDGE_ACCOUNT = "edgecap-bridge"
-"""The bridge's own user name; the ACL grants it every device's uplink and downlink."""
+"""The bridge's own user name; its role grants it every device's uplink and downlink."""
 
 CRL_NAME = "crl.pem"
 """The certificate revocation list in the CA directory (mosquitto's ``crlfile``)."""
@@ -68,50 +68,6 @@ def check_agent_id(agent_id: str, *, bridge: bool = False) -> str:
 
 
 # --- passwords ---------------------------------------------------------------------------------
-
-
-def _mosquitto_passwd() -> str:
-    path = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
-    if not os.access(path, os.X_OK):
-        raise DeviceError("mosquitto_passwd not found: install the Debian package 'mosquitto'")
-    return path
-
-
-def _run(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise DeviceError(f"{what} failed ({done.returncode}): {(done.stderr or done.stdout).strip()}")
-
-
-def users(passwd_file: Path) -> list[str]:
-    """The user names in a mosquitto password file."""
-    if not passwd_file.is_file():
-        return []
-    lines = passwd_file.read_text(encoding="utf-8").splitlines()
-    return [line.split(":", 1)[0] for line in lines if ":" in line and not line.startswith("#")]
-
-
-def set_password(passwd_file: Path, user: str, password: str) -> None:
-    """Add ``user`` to the password file, or change its password (the file is made if missing).
-
-    ``mosquitto_passwd -b`` takes the password as an argument: it is briefly visible to other local
-    users in the process list, acceptable on a broker host that runs nothing else.
-    """
-    if not password or "\n" in password:
-        raise DeviceError("a password must be one non-empty line")
-    passwd_file.parent.mkdir(parents=True, exist_ok=True)
-    create = [] if passwd_file.exists() else ["-c"]
-    _run([_mosquitto_passwd(), *create, "-b", str(passwd_file), user, password], f"mosquitto_passwd for {user}")
-    log.info("password of %s set in %s", user, passwd_file)
-
-
-def remove_password(passwd_file: Path, user: str) -> bool:
-    """Delete ``user``'s entry; False if there was none."""
-    if user not in users(passwd_file):
-        return False
-    _run([_mosquitto_passwd(), "-D", str(passwd_file), user], f"removing {user} from {passwd_file}")
-    log.info("password of %s removed from %s", user, passwd_file)
-    return True
 
 
 def new_password() -> str:

@@ -8,9 +8,12 @@
     edgecap devices list
     edgecap devices config [--client-certificates] --output /etc/mosquitto/mosquitto.conf
 
-A device needs no ACL line: the shipped ACL (edgecap/admin/mosquitto/acl) grants by ``%u`` pattern. What a
-device must be given (its password file, certificate and key, the CA certificate) is written to
-``--out-dir``. mosquitto re-reads the password file on SIGHUP; the command prints that hint.
+Accounts are entries of the dynamic security plugin's file (``--accounts``, see
+:mod:`edgecap.admin.dynsec`): each device gets a role of its own that grants only its own topics, for
+publish, delivery and subscription alike, so a device cannot subscribe to another's downlink, to a
+wildcard or to the bridge's shared group. What a device must be given (its password file,
+certificate and key, the CA certificate) is written to ``--out-dir``. mosquitto 2.0 reads the
+accounts file at start only: after ``add`` or ``remove``, restart it; the command prints that hint.
 
 Every certificate the CA issues is recorded in its ``openssl ca`` database; ``remove`` and ``revoke``
 revoke all of a device's certificates and rewrite ``<ca-dir>/crl.pem``, the broker's ``crlfile``.
@@ -24,8 +27,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from edgecap.admin import dynsec
 from edgecap.admin.devices import (
-    ACL_FILE,
     BRIDGE_ACCOUNT,
     CONFIG_TEMPLATE,
     CRL_NAME,
@@ -35,17 +38,17 @@ from edgecap.admin.devices import (
     init_ca,
     issue_certificate,
     new_password,
-    remove_password,
     render_config,
     revoke_certificates,
-    set_password,
-    users,
     write_secret,
 )
 from runtime.logs import configure
 
 BROKER_DIR = Path("/etc/mosquitto/edgecap")
-RELOAD_HINT = "reload mosquitto to apply it: systemctl reload mosquitto (or kill -HUP <mosquitto pid>)\n"
+RESTART_HINT = (
+    "restart mosquitto to apply it: systemctl restart mosquitto (mosquitto 2.0 reads the accounts file at "
+    "start only; sessions and queued messages are kept, devices reconnect by themselves)\n"
+)
 REVOKE_HINT = (
     "reload mosquitto so that new connections are checked against the new CRL: systemctl reload mosquitto "
     "(or kill -HUP <mosquitto pid>). A device connected now stays connected until it reconnects: "
@@ -56,7 +59,8 @@ REVOKE_HINT = (
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecap devices", description="Device identities at the MQTT broker.")
     parser.add_argument("--debug", action="store_true", help="log at debug level")
-    parser.add_argument("--passwd", type=Path, default=BROKER_DIR / "passwd", help="mosquitto password file")
+    parser.add_argument("--accounts", type=Path, default=BROKER_DIR / "dynamic-security.json",
+                        help="the dynamic security plugin's file: accounts and their roles")
     parser.add_argument("--ca-dir", type=Path, default=BROKER_DIR / "ca", help="CA directory (ca.crt, ca.key)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -94,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     conf.add_argument("--bridge-port", type=int, default=8884)
     conf.add_argument("--bridge-address", default="0.0.0.0", help="bind it to the cluster-internal interface")
     conf.add_argument("--client-certificates", action="store_true", help="devices log in by certificate")
-    conf.add_argument("--acl-file", type=Path, default=BROKER_DIR / "acl", help=f"where {ACL_FILE} is installed")
+    conf.add_argument("--plugin", default=dynsec.plugin_path(), help="mosquitto_dynamic_security.so")
     conf.add_argument("--persistence-dir", default="/var/lib/mosquitto/")
     conf.add_argument("--output", type=Path, help="write here instead of standard output")
     return parser
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     configure(args.debug, "devices")
     try:
         return _COMMANDS[args.command](args)
-    except DeviceError as exc:
+    except (DeviceError, dynsec.AccountsError) as exc:
         sys.stderr.write(f"edgecap devices: {exc}\n")
         return 1
 
@@ -117,15 +121,18 @@ def _add(args: argparse.Namespace) -> int:
     if args.cert and args.bridge:
         raise DeviceError("the bridge logs in with a password on its own listener: no --cert")
     out = sys.stdout
-    if args.password_file or args.generate:
-        if args.generate:
-            password = new_password()
-            path = write_secret(args.out_dir / f"{agent_id}.password", password + "\n")
-            out.write(f"password of {agent_id} written to {path} (give it as mqtt.password_file)\n")
-        else:
-            password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
-        set_password(args.passwd, agent_id, password)
-        out.write(f"{agent_id} added to {args.passwd}\n")
+    password: str | None = None
+    if args.generate:
+        password = new_password()
+        path = write_secret(args.out_dir / f"{agent_id}.password", password + "\n")
+        out.write(f"password of {agent_id} written to {path} (give it as mqtt.password_file)\n")
+    elif args.password_file:
+        password = args.password_file.read_text(encoding="utf-8").rstrip("\r\n")
+    # the account holds the role even for a device that logs in by certificate only
+    dynsec.set_account(args.accounts, agent_id, password=password, bridge=args.bridge)
+    what = "with a new password" if password is not None else "its password unchanged" if any(
+        a.has_password for a in dynsec.accounts(args.accounts) if a.username == agent_id) else "without a password"
+    out.write(f"{agent_id} added to {args.accounts} ({what})\n")
     if args.cert:
         crt, key = issue_certificate(args.ca_dir, agent_id, args.out_dir, days=args.days)
         issued = args.ca_dir / "issued"
@@ -134,9 +141,8 @@ def _add(args: argparse.Namespace) -> int:
         out.write(f"certificate of {agent_id}: {crt}, key {key}, CA {args.ca_dir / 'ca.crt'} "
                   f"(recorded in {args.ca_dir / 'index.txt'}; `edgecap devices revoke {agent_id}` revokes it)\n")
     if not args.bridge:
-        out.write("no ACL line is needed: the ACL's %u patterns give each device its own topics only\n")
-    if args.password_file or args.generate:
-        out.write(RELOAD_HINT)
+        out.write(f"its role {dynsec.device_role(agent_id)} grants it its own topics only\n")
+    out.write(RESTART_HINT)
     return 0
 
 
@@ -154,13 +160,16 @@ def _revoke_all(ca_dir: Path, agent_id: str) -> list[str]:
 
 def _remove(args: argparse.Namespace) -> int:
     agent_id = check_agent_id(args.agent_id, bridge=args.bridge)
-    removed = remove_password(args.passwd, agent_id)
+    removed = dynsec.remove_account(args.accounts, agent_id, bridge=args.bridge)
     if removed:
-        sys.stdout.write(f"{agent_id} removed from {args.passwd}\n")
+        sys.stdout.write(f"{agent_id} removed from {args.accounts}\n")
     revoked = _revoke_all(args.ca_dir, agent_id)
     if not (removed or revoked):
-        raise DeviceError(f"{agent_id} is not in {args.passwd} and has no certificate left to revoke")
-    sys.stdout.write(REVOKE_HINT if revoked else RELOAD_HINT)
+        raise DeviceError(f"{agent_id} is not in {args.accounts} and has no certificate left to revoke")
+    if revoked:
+        sys.stdout.write(REVOKE_HINT)
+    if removed:
+        sys.stdout.write(RESTART_HINT)
     return 0
 
 
@@ -176,10 +185,11 @@ def _list(args: argparse.Namespace) -> int:
     issued = args.ca_dir / "issued"
     certified = {p.stem for p in issued.glob("*.crt")} if issued.is_dir() else set()
     revoked = {c.common_name for c in certificates(args.ca_dir) if c.revoked}
-    with_password = set(users(args.passwd))
-    for name in sorted(with_password | certified | revoked):
+    known = dynsec.accounts(args.accounts)
+    with_password = {a.username for a in known if a.has_password}
+    for name in sorted(with_password | certified | revoked | {a.username for a in known}):
         kinds = (("password", with_password), ("certificate", certified), ("revoked-certificate", revoked))
-        how = [kind for kind, names in kinds if name in names]
+        how = [kind for kind, names in kinds if name in names] or ["no-credentials"]
         role = "bridge" if name == BRIDGE_ACCOUNT else "device"
         sys.stdout.write(f"{name}\t{role}\t{'+'.join(how)}\n")
     return 0
@@ -200,10 +210,13 @@ def _config(args: argparse.Namespace) -> int:
     if args.client_certificates and not crl.exists():
         sys.stderr.write(f"edgecap devices: warning: {crl} does not exist, and mosquitto does not start without "
                          "it: make it with `edgecap devices init-ca` (on an existing CA it adds only the CRL)\n")
+    if not args.accounts.exists():
+        sys.stderr.write(f"edgecap devices: warning: {args.accounts} does not exist: until it does, mosquitto refuses "
+                         "every login. Add the bridge's account and the devices with `edgecap devices add`\n")
     text = render_config(
         {
-            "PASSWORD_FILE": args.passwd.resolve(),
-            "ACL_FILE": args.acl_file.resolve(),
+            "DYNSEC_PLUGIN": args.plugin,
+            "ACCOUNTS_FILE": args.accounts.resolve(),
             "DEVICE_PORT": args.device_port,
             "DEVICE_ADDRESS": args.device_address,
             "BRIDGE_PORT": args.bridge_port,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ from edge_agent.settings import AgentSettings
 from edge_agent.vad import Segmenter, SpeechSegment, VadEvent, WebrtcSegmenter
 from edgecap.admin.config import ConfigNotSent, send_config
 from edgecap.admin.config import main as config_main
-from edgecap.admin.devices import ACL_FILE, BRIDGE_ACCOUNT, new_password, set_password
+from edgecap.admin.devices import BRIDGE_ACCOUNT, new_password
+from edgecap.admin.dynsec import plugin_path, set_account
 from runtime.settings import KafkaSettings, MqttSettings
 
 RATE = 16000
@@ -429,18 +429,19 @@ def test_configuration_reaches_the_agent_retained_and_bad_records_are_dead_lette
 
 
 @pytest.mark.integration
-@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd makes the password file")
+@pytest.mark.skipif(not Path(plugin_path()).exists(), reason="mosquitto's dynamic security plugin holds the accounts")
 def test_shipped_acl_lets_only_the_device_read_its_retained_configuration(kafka: Tansu, tmp_path: Path) -> None:
-    """With edgecap/admin/mosquitto/acl and passwords: the bridge's account publishes the retained config,
-    its device reads it, another device subscribed to it (by name and by wildcard) gets nothing and
-    cannot write a configuration, not even to its own topic."""
+    """With the accounts and roles of ``edgecap devices`` (edgecap/admin/dynsec.py): the bridge's account
+    publishes the retained config, its device reads it, another device's subscriptions to it (by name
+    and by wildcard) are refused, and it cannot write a configuration, not even to its own topic."""
     a_id, b_id = unique("pi-acl-a"), unique("pi-acl-b")
-    passwd = tmp_path / "passwd"
+    accounts = tmp_path / "dynsec.json"
     secrets = {user: new_password() for user in (a_id, b_id, BRIDGE_ACCOUNT)}
     for user, password in secrets.items():
-        set_password(passwd, user, password)
+        set_account(accounts, user, password=password, bridge=user == BRIDGE_ACCOUNT)
     port = free_port()
-    listener = f"listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {passwd}\nacl_file {ACL_FILE}\n"
+    listener = (f"listener {port} 127.0.0.1\nallow_anonymous false\nper_listener_settings false\n"
+                f"plugin {plugin_path()}\nplugin_opt_config_file {accounts}\n")
     broker = Mosquitto(port, workdir=tmp_path / "mosquitto", config=listener).start()
     snoop: mqtt.Client | None = None
     device: Device | None = None
@@ -452,15 +453,19 @@ def test_shipped_acl_lets_only_the_device_read_its_retained_configuration(kafka:
             seen: list[str] = []
             acks: dict[int, int] = {}
             subscribed = threading.Event()
+            suback: list[int] = []
             snoop = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=a_id, protocol=mqtt.MQTTv5)
             snoop.username_pw_set(a_id, secrets[a_id])
             snoop.on_message = lambda _c, _u, msg: seen.append(msg.topic)
-            snoop.on_subscribe = lambda *_: subscribed.set()
+            snoop.on_subscribe = lambda _c, _u, _m, reasons, _p: (suback.extend(r.value for r in reasons),
+                                                                  subscribed.set())
             snoop.on_publish = lambda _c, _u, mid, reason, _p: acks.__setitem__(mid, reason.value)
             snoop.connect("127.0.0.1", port)
             snoop.loop_start()
-            snoop.subscribe([(c.mqtt_topic(b_id, c.Down.CONFIG), 1), ("edgecap/#", 1)])
+            snoop.subscribe([(c.mqtt_topic(b_id, c.Down.CONFIG), 1), ("edgecap/#", 1),
+                             (c.mqtt_topic(a_id, c.Down.CONFIG), 1)])
             assert subscribed.wait(10)
+            assert suback == [0x87, 0x87, 0x01]  # B's, the wildcard: not authorised; its own: granted
 
             send_config(KafkaSettings(bootstrap_servers=kafka.bootstrap), config(b_id, version=1, muted=True))
             device = Device(b_id, port, tmp_path, password=secrets[b_id])  # connects after the publish, maybe

@@ -4,12 +4,14 @@
 Attackers: anonymous clients, wrong passwords and unknown users (each attempt sends its CONNECT and
 a PUBLISH in one write, without waiting, on a raw TLS socket), device A publishing under device B's
 topic, A claiming to be B in the envelope on its own topic, A reading B's downlink or taking over
-B's client id, client certificates of another CA, a certificate revoked by ``edgecap devices remove``.
-None of their segments may reach Kafka, while B's segments go through and are receipted and B gets
-its captions.
+B's client id, devices A and C subscribing to anything but their own downlink (the bridge's shared
+group, wildcards, B's topics: refused in the SUBACK, by password and by certificate), client
+certificates of another CA, a certificate revoked by ``edgecap devices remove``. None of their
+segments may reach Kafka, while B's segments go through and are receipted and B gets its captions.
 
 ``EDGECAP_TEST_SECURITY_ATTEMPTS`` (default 1000, the issue's proof) sets how many attempts each
-attack makes; the certificate tests make a tenth of them.
+attack makes; the certificate tests make a tenth of them. ``EDGECAP_TEST_SECURITY_SEGMENTS``
+(default 300): B's segments while A and C try to subscribe.
 """
 
 from __future__ import annotations
@@ -36,33 +38,39 @@ from support import Record, bridge_settings, commit_segments, make_segment, read
 from bridge.app import Bridge
 from bridge.settings import BridgeSettings
 from contracts import DecodeError, Final, Reason, Receipt, Segment, Transcript, decode, encode
-from contracts.topics import Down, Kafka, Up, mqtt_filter, mqtt_topic
+from contracts.topics import Down, Kafka, Up, mqtt_filter, mqtt_topic, shared_filter
 from devtools.brokers import Mosquitto, Tansu, free_port
 from edge_agent.link import MqttLink, certificate_cn
 from edge_agent.outbox import Outbox
 from edge_agent.settings import OutboxSettings
 from edgecap.admin.devices import (
-    ACL_FILE,
     BRIDGE_ACCOUNT,
     CRL_NAME,
     certificates,
     init_ca,
     issue_certificate,
     render_config,
-    users,
 )
 from edgecap.admin.devices_cli import main as devices_main
+from edgecap.admin.dynsec import accounts, device_role, plugin_path
 from runtime.mqttauth import apply_credentials
 from runtime.settings import MqttSettings
 
 pytestmark = pytest.mark.integration
 
 ATTEMPTS = scale("SECURITY_ATTEMPTS", 1000)
-A, B = "sec-device-a", "sec-device-b"
+SEGMENTS = scale("SECURITY_SEGMENTS", 300)
+A, B, C = "sec-device-a", "sec-device-b", "sec-device-c"
+GRANTED_QOS1 = 0x01
 NOT_AUTHORIZED = 0x87
 
-if shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None:
-    pytest.skip("openssl and mosquitto_passwd are needed for certificates and passwords", allow_module_level=True)
+if shutil.which("openssl") is None or not Path(plugin_path()).exists():
+    pytest.skip("openssl and mosquitto's dynamic security plugin are needed", allow_module_level=True)
+
+
+def users(accounts_file: Path) -> list[str]:
+    """The accounts that log in by password."""
+    return [a.username for a in accounts(accounts_file) if a.has_password]
 
 
 # --- the fleet: CA, server certificate, devices and the bridge's account made by `edgecap devices` ---
@@ -97,7 +105,7 @@ def crl_serials(crl: Path) -> set[int]:
 @dataclass
 class Fleet:
     root: Path
-    passwd: Path
+    accounts: Path
     ca_dir: Path
     out: Path
     foreign: Path
@@ -108,15 +116,15 @@ class Fleet:
 
     @property
     def cli(self) -> list[str]:
-        return ["--passwd", str(self.passwd), "--ca-dir", str(self.ca_dir)]
+        return ["--accounts", str(self.accounts), "--ca-dir", str(self.ca_dir)]
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Fleet:
     root = tmp_path_factory.mktemp("fleet")
-    f = Fleet(root, root / "passwd", root / "ca", root / "devices", root / "foreign")
+    f = Fleet(root, root / "dynsec.json", root / "ca", root / "devices", root / "foreign")
     assert devices([*f.cli, "init-ca", "--server-name", "IP:127.0.0.1", "--server-name", "DNS:localhost"]) == 0
-    for agent in (A, B):
+    for agent in (A, B, C):
         assert devices([*f.cli, "add", agent, "--generate", "--cert", "--out-dir", str(f.out)]) == 0
     assert devices([*f.cli, "add", BRIDGE_ACCOUNT, "--bridge", "--generate", "--out-dir", str(f.out)]) == 0
     init_ca(f.foreign, "intruder-ca")
@@ -129,8 +137,8 @@ def start_broker(fleet: Fleet, workdir: Path, *, client_certificates: bool) -> t
     port, bridge_port = free_port(), free_port()
     config = render_config(
         {
-            "PASSWORD_FILE": fleet.passwd,
-            "ACL_FILE": ACL_FILE,
+            "DYNSEC_PLUGIN": plugin_path(),
+            "ACCOUNTS_FILE": fleet.accounts,
             "DEVICE_PORT": port,
             "DEVICE_ADDRESS": "127.0.0.1",
             "BRIDGE_PORT": bridge_port,
@@ -291,14 +299,17 @@ def segment_ids_in_kafka(bootstrap: str, must_see: set[str]) -> set[str]:
 
 def test_devices_command_adds_lists_and_removes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ca_dir, out = tmp_path / "ca", tmp_path / "out"
-    cli = ["--passwd", str(tmp_path / "passwd"), "--ca-dir", str(ca_dir)]
+    cli = ["--accounts", str(tmp_path / "dynsec.json"), "--ca-dir", str(ca_dir)]
     secret = tmp_path / "given"
     secret.write_text("a-given-password\n")
     assert devices([*cli, "add", "pi-1", "--password-file", str(secret)]) == 0
     assert devices([*cli, "init-ca"]) == 0
     assert crl_serials(ca_dir / CRL_NAME) == set()  # init-ca writes an empty CRL
     assert devices([*cli, "add", "pi-2", "--generate", "--cert", "--out-dir", str(out)]) == 0
-    assert users(tmp_path / "passwd") == ["pi-1", "pi-2"]
+    assert users(tmp_path / "dynsec.json") == ["pi-1", "pi-2"]
+    # each device's account holds its own role, with its topics only
+    assert {a.username: a.roles for a in accounts(tmp_path / "dynsec.json")} == {
+        "pi-1": (device_role("pi-1"),), "pi-2": (device_role("pi-2"),)}
     assert certificate_cn(str(out / "pi-2.crt")) == "pi-2"
     assert (out / "pi-2.password").stat().st_mode & 0o077 == 0
     # the certificate is recorded: serial, CN, expiry; a new one for the same device is recorded too
@@ -313,8 +324,8 @@ def test_devices_command_adds_lists_and_removes(tmp_path: Path, capsys: pytest.C
     assert devices([*cli, "list"]) == 0
     assert capsys.readouterr().out.splitlines() == ["pi-1\tdevice\tpassword", "pi-2\tdevice\tpassword+certificate"]
     assert devices([*cli, "remove", "pi-1"]) == 0
-    assert "kill -HUP" in capsys.readouterr().out
-    assert users(tmp_path / "passwd") == ["pi-2"]
+    assert "systemctl restart mosquitto" in capsys.readouterr().out
+    assert users(tmp_path / "dynsec.json") == ["pi-2"]
     # revoke: both certificates of pi-2 in the CRL, its password kept; remove: the password goes
     assert devices([*cli, "revoke", "pi-2"]) == 0
     said = capsys.readouterr().out
@@ -325,7 +336,7 @@ def test_devices_command_adds_lists_and_removes(tmp_path: Path, capsys: pytest.C
     assert capsys.readouterr().out.splitlines() == ["pi-2\tdevice\tpassword+revoked-certificate"]
     assert devices([*cli, "revoke", "pi-2"]) == 1  # nothing left to revoke
     assert devices([*cli, "remove", "pi-2"]) == 0
-    assert users(tmp_path / "passwd") == []
+    assert users(tmp_path / "dynsec.json") == []
     assert devices([*cli, "list"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "pi-2\tdevice\trevoked-certificate"
     # the broker's configuration points at the CRL only when devices log in by certificate
@@ -437,6 +448,7 @@ def test_only_authenticated_devices_reach_kafka_and_only_as_themselves(
                                 (mqtt_topic(B, Down.CAPTIONS), 1), (mqtt_topic(B, Down.CONFIG), 1),
                                 (mqtt_filter(Down.RECEIPTS), 1), (mqtt_filter(Down.CAPTIONS), 1), ("edgecap/#", 1)])
             wait_until(lambda: len(a.suback) == 7, 10, "SUBACKs")
+            assert a.suback == [GRANTED_QOS1] + [NOT_AUTHORIZED] * 6, a.suback  # refused at the broker
 
             # 4. A claiming to be B on its own topic: through the ACL, dead-lettered by the bridge,
             #    rejected in A's receipts so A does not resend forever
@@ -460,7 +472,8 @@ def test_only_authenticated_devices_reach_kafka_and_only_as_themselves(
 
             # 5. meanwhile B: more segments, all receipted, and a caption through the bridge's downlink
             b_records(10)
-            final = Final(agent_id=B, segment_id=legit[0], seq=0, started_at=1.0, ended_at=1.1, text="for B only",
+            now = time.time()
+            final = Final(agent_id=B, segment_id=legit[0], seq=0, started_at=now, ended_at=now + 0.1, text="for B only",
                           source="cloud", version=2, transcript=Transcript(text="for B only", model_id="t",
                                                                            produced_at=time.time()))
             producer = Producer({"bootstrap.servers": kafka.bootstrap})
@@ -492,6 +505,83 @@ def test_only_authenticated_devices_reach_kafka_and_only_as_themselves(
     print(f"{ATTEMPTS} attempts per attack; whole test {time.monotonic() - started:.1f} s")
 
 
+def attack_filters(agent: str, group: str) -> list[str]:
+    """Every subscription a device must be refused: the bridge's shared group (and any other group),
+    the uplink of every device, another device's downlink by name, wildcards (under its own id too)."""
+    return [
+        shared_filter(group, Up.SEGMENTS),
+        shared_filter(group, Up.FRAMES),
+        shared_filter("edgecap-bridge", Up.SEGMENTS),  # the production default group
+        shared_filter("attackers", Up.SEGMENTS),
+        f"$share/{group}/{mqtt_topic(B, Up.SEGMENTS)}",
+        f"$share/{group}/#",
+        f"$share/{group}/{mqtt_topic(agent, Down.RECEIPTS)}",  # its own topic, but shared
+        mqtt_filter(Up.SEGMENTS),
+        mqtt_topic(B, Up.SEGMENTS),
+        mqtt_topic(B, Up.STATUS),
+        *(mqtt_topic(B, channel) for channel in Down),
+        mqtt_filter(Down.RECEIPTS),
+        mqtt_filter(Down.CAPTIONS),
+        f"edgecap/v1/agents/{agent}/+",
+        f"edgecap/v1/agents/{agent}/#",
+        "edgecap/#",
+        "+/+/+/+/+",
+        "#",
+        "$SYS/#",
+    ]
+
+
+def subscribe(client: Client, filters: list[str]) -> dict[str, int]:
+    """Subscribe to ``filters`` (QoS 1) in one SUBSCRIBE; the SUBACK's reason code for each."""
+    client.client.subscribe([(f, 1) for f in filters])
+    wait_until(lambda: len(client.suback) == len(filters), 10, "the SUBACK")
+    with client.lock:
+        return dict(zip(filters, client.suback, strict=True))
+
+
+def test_subscriptions_beyond_the_own_downlink_are_refused_at_the_broker(
+    fleet: Fleet, kafka: Tansu, secured: tuple[int, Bridge], tmp_path: Path
+) -> None:
+    """Devices A and C try to join the bridge's shared subscription group (where each would be handed
+    a share of every device's segments, which mosquitto then drops for the whole group when the read
+    check fails), to subscribe to wildcards, to the uplink and to another device's downlink: each
+    SUBACK says "not authorised" while their own receipts, captions and config are granted. The
+    bridge then receives every segment B publishes exactly once, on the first try (none resent
+    after a missing receipt: none was handed to an attacker), and none reaches an attacker."""
+    port, bridge = secured
+    group = bridge.settings.shared_group
+    attackers: dict[str, Client] = {}
+    box = Outbox(tmp_path / "b.db")
+    link = MqttLink(B, device_settings(fleet, port, B), box, on_final=lambda _final: None)
+    try:
+        for agent in (A, C):
+            attackers[agent] = client = connect(device_settings(fleet, port, agent), agent)
+            own = [mqtt_topic(agent, channel) for channel in Down]
+            attacks = attack_filters(agent, group)
+            answers = subscribe(client, own + attacks)
+            assert answers == {f: GRANTED_QOS1 for f in own} | {f: NOT_AUTHORIZED for f in attacks}, answers
+
+        link.start()
+        assert link.connected.wait(10), "the legitimate device could not connect"
+        received = bridge.stats()["received"]
+        legit = commit_segments(box, B, SEGMENTS)
+        link.notify()
+        wait_until(lambda: box.depth() == 0, 60, "receipts of all of B's segments")
+        assert link.counters["receipted"] == SEGMENTS
+        assert link.counters["published"] == SEGMENTS and link.counters["resent"] == 0, link.counters
+        assert bridge.stats()["received"] - received == SEGMENTS
+        for agent, client in attackers.items():
+            with client.lock:
+                got = [m.topic for m in client.received]
+            assert got == [], f"{agent} received {got[:5]}"
+    finally:
+        link.stop()
+        for client in attackers.values():
+            client.client.disconnect()
+            client.client.loop_stop()
+    assert set(legit) <= segment_ids_in_kafka(kafka.bootstrap, set(legit))
+
+
 def test_client_certificates_only_from_the_fleet_ca(fleet: Fleet, tmp_path: Path) -> None:
     broker, _ = start_broker(fleet, tmp_path / "broker", client_certificates=True)
     attempts = max(1, ATTEMPTS // 10)
@@ -510,6 +600,10 @@ def test_client_certificates_only_from_the_fleet_ca(fleet: Fleet, tmp_path: Path
         try:
             assert a.publish_all([(mqtt_topic(B, Up.SEGMENTS), b"{}")] * attempts) == [NOT_AUTHORIZED] * attempts
             assert a.publish_all([(mqtt_topic(A, Up.SEGMENTS), b"{}")]) == [0x10]  # accepted; no subscriber here
+            # subscriptions are checked for the certificate's name as well: its own downlink only
+            own, attacks = [mqtt_topic(A, channel) for channel in Down], attack_filters(A, "edgecap-bridge")
+            answers = subscribe(a, own + attacks)
+            assert answers == {f: GRANTED_QOS1 for f in own} | {f: NOT_AUTHORIZED for f in attacks}, answers
         finally:
             a.client.disconnect()
             a.client.loop_stop()

@@ -1,12 +1,13 @@
-"""The reconciler against a real Kafka-protocol broker (Tansu) and a real SQLite store."""
+"""The reconciler against a real Kafka-protocol broker (Tansu) and a real store: every test runs on an
+SQLite file and on a real PostgreSQL (the ``store_url`` fixture)."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,8 +117,8 @@ def settings(kafka: Tansu) -> WorkerSettings:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
     yield s
     s.close()
 
@@ -282,6 +283,55 @@ def test_final_stored_but_never_published_is_sent_on_redelivery(
     finally:
         running.close()
         reader.close()
+
+
+@pytest.mark.integration
+def test_values_beyond_the_contract_limits_are_dead_lettered_and_finals_go_on(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    """Issue 9 §2: a transcript whose seq is 2^64 used to decode and then fail the store write, and the
+    reconciler retried that batch forever. Values beyond the contract's limits (a 64-bit seq, a time
+    far past the clock, a NUL in a text PostgreSQL cannot hold) are refused at decoding and
+    dead-lettered, and the segments after them get their finals."""
+    poisoned = [new_segment_id() for _ in range(3)]
+    good = new_segment_id()
+
+    def tampered(message: bytes, path: tuple[str, ...], value: object) -> bytes:
+        doc = json.loads(message)
+        target = doc
+        for step in path[:-1]:
+            target = target[step]
+        target[path[-1]] = value
+        return json.dumps(doc).encode()
+
+    bad = [
+        (Kafka.TRANSCRIPTS, tampered(encode(transcript(poisoned[0], 0, "x")), ("seq",), 2**64)),
+        (Kafka.TRANSCRIPTS, tampered(encode(transcript(poisoned[1], 1, "x")), ("started_at",), 1e300)),
+        (Kafka.DRAFTS, tampered(encode(draft(poisoned[2], 2, "x")), ("draft", "text"), "nul\x00byte")),
+    ]
+    dead_reader = TopicReader(kafka, Kafka.DEADLETTER)
+    running = Running(settings, store)
+    try:
+        produce(kafka, [*bad, (Kafka.TRANSCRIPTS, encode(transcript(good, 3, "Still captioned.")))])
+
+        def final_stored() -> bool:
+            seg = store.get(good)
+            return seg is not None and seg["final"] is not None
+
+        wait_until(final_stored, 20, "the final of the segment after the poisoned ones")
+        running.wait_for("dead_letter", 3)
+        payloads = {raw for _, raw in bad}
+        mine = [
+            d for d in (decode(v, DeadLetter) for v in dead_reader.read_until(
+                lambda v: sum(decode(x, DeadLetter).payload in payloads for x in v) >= 3, 20))
+            if d.payload in payloads
+        ]
+        assert sorted(d.reason for d in mine) == ["invalid"] * 3
+        assert {d.detail.split(":")[0] for d in mine} == {"seq", "started_at", "draft.text"}
+        assert all(store.get(sid) is None for sid in poisoned)
+    finally:
+        running.close()
+        dead_reader.close()
 
 
 @pytest.mark.parametrize("worker", ["transcribe", "reconcile"])

@@ -1,10 +1,10 @@
-"""The caption store on a real SQLite file: arrival orders, duplicates, racing reconcilers, ordering."""
+"""The caption store on a real SQLite file and a real PostgreSQL (every test runs on both, through the
+``store_url`` fixture): arrival orders, duplicates, racing reconcilers, ordering."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,8 +35,8 @@ def make_transcript(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
+def store(store_url: str) -> Iterator[Store]:
+    s = Store(store_url)
     yield s
     s.close()
 
@@ -110,9 +110,8 @@ def test_unpublished_final_until_marked(store: Store) -> None:
     assert store.unpublished_final(sid) is None
 
 
-def test_exactly_one_final_when_two_reconcilers_race(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    stores = [Store(url), Store(url)]  # two processes' worth of connection pools on one file
+def test_exactly_one_final_when_two_reconcilers_race(store_url: str) -> None:
+    stores = [Store(store_url), Store(store_url)]  # two processes' worth of connection pools on one store
     ids = [new_segment_id() for _ in range(40)]
     for i, sid in enumerate(ids):
         stores[0].upsert_draft(make_draft(sid, seq=i))
@@ -160,15 +159,15 @@ def test_list_newest_first_and_by_agent(store: Store) -> None:
     assert store.list_segments(agent_id="nobody") == []
 
 
-def test_reopen_keeps_data_and_uses_wal(tmp_path: Path) -> None:
-    path = tmp_path / "persist.db"
-    s = Store(f"sqlite:///{path}")
+def test_reopen_keeps_data_and_uses_wal(store_url: str) -> None:
+    s = Store(store_url)
     sid = new_segment_id()
     s.upsert_draft(make_draft(sid))
-    with s.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    if s.dialect == "sqlite":
+        with s.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     s.close()
-    s = Store(f"sqlite:///{path}")
+    s = Store(store_url)
     assert s.get(sid) is not None and s.upsert_draft(make_draft(sid)) is False
     s.close()
 

@@ -21,8 +21,8 @@ agent_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z", fullmatch=True
 segment_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}\Z", fullmatch=True)
 seqs = st.integers(min_value=0, max_value=2**53)
 numbers = st.floats(allow_nan=False, allow_infinity=False)
-times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
-texts = st.text(max_size=40)
+times = st.floats(min_value=0, max_value=1.7e9, allow_nan=False)  # not past the receiver's clock (contracts.bounds)
+texts = st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=40)  # no NUL
 words = st.builds(c.Word, word=texts, start=numbers, end=numbers, probability=st.none() | numbers)
 transcripts = st.builds(
     c.Transcript,

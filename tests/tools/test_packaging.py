@@ -16,7 +16,6 @@ from support import REPO
 PACKAGES = {"contracts", "runtime", "edge_agent", "bridge", "cloud", "modelbuild", "devtools", "edgecap"}
 DATA = {
     "edgecap/admin/mosquitto/mosquitto.conf",
-    "edgecap/admin/mosquitto/acl",
     "contracts/schema/edgecap-v1.schema.json",
     "devtools/samples/sample.wav",
     "cloud/dashboard/static/index.html",
@@ -70,4 +69,4 @@ def test_installed_from_the_wheel_the_operator_commands_find_their_templates(whe
     assert result["rc"] == 0
     assert Path(result["module"]).is_relative_to(site)
     text = conf.read_text()
-    assert "allow_anonymous false" in text and "acl_file" in text
+    assert "allow_anonymous false" in text and "\nplugin_opt_config_file " in text
