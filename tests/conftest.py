@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from cloud.store import Store
 from devtools.brokers import Mosquitto, Tansu
 from devtools.postgres import Postgres
 from runtime.settings import models_dir as runtime_models_dir
@@ -63,6 +64,14 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'captions.db'}"
     cluster: Postgres = request.getfixturevalue("postgres")
     return cluster.new_database()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[Store]:
+    """An empty caption store on each backend (the ``store_url`` parameters)."""
+    s = Store(store_url)
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

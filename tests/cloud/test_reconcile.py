@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -114,13 +114,6 @@ def settings(kafka: Tansu) -> WorkerSettings:
         session_timeout_ms=2000,
         topic_partitions=3,
     )
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    yield s
-    s.close()
 
 
 def finals_for(values: list[bytes], ids: set[str]) -> list[Final]:

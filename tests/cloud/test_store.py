@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -32,13 +31,6 @@ def make_transcript(
 ) -> CloudTranscript:
     cloud = Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=T0 + seq * 10 + 4)
     return CloudTranscript(**header(segment_id, seq, agent_id), transcript=cloud, worker="test-worker")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    yield s
-    s.close()
 
 
 def test_draft_then_final(store: Store) -> None:

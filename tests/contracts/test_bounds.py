@@ -14,7 +14,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,13 +197,6 @@ def same_header(draft_raw: bytes, transcript_raw: bytes) -> bytes:
     for name in c.messages.HEADER_FIELDS:
         doc[name] = draft_doc[name]
     return json.dumps(doc, ensure_ascii=False).encode("utf-8")
-
-
-@pytest.fixture
-def store(store_url: str) -> Iterator[Store]:
-    s = Store(store_url)
-    yield s
-    s.close()
 
 
 def test_every_limit_of_a_stored_message_at_and_beyond(store: Store) -> None:
