@@ -41,6 +41,7 @@ class SegmentRow(TypedDict):
 class CaptionVersion(TypedDict):
     """One version of a segment's caption: 1 is the edge draft, 2 the final."""
 
+    agent_id: str
     segment_id: str
     version: int
     source: Literal["cloud", "edge"]

@@ -2,14 +2,16 @@
 
 Consumer group ``edgecap-reconcile`` on ``edgecap.segments`` (the edge draft each one carries),
 ``edgecap.drafts`` (drafts sent on their own) and ``edgecap.transcripts``. A draft is stored
-(version 1). A transcript is reconciled with the draft by the rule of :mod:`cloud.rule`, which the
-store applies as it claims the segment's final (:meth:`Store.record_final`); the resulting
-:class:`~contracts.Final` is produced to ``edgecap.finals`` keyed by ``agent_id``, and only after
-its delivery is the record's offset stored. A duplicate transcript (the segment already has a
-final) is counted and produces nothing — unless the earlier final was stored but never delivered
-(a crash in between), in which case the stored final is sent. Undecodable drafts and transcripts
-go to ``edgecap.deadletter`` (undecodable segments are the transcriber's to dead-letter); a store
-or Kafka failure rewinds the batch and retries it after a pause (the loop: :class:`BatchWorker`).
+(version 1). Every join is by (``agent_id``, ``segment_id``): two devices' segments never meet,
+and a ``segment_id`` another device used too is counted (``id_collision``). A transcript is
+reconciled with the draft by the rule of :mod:`cloud.rule`, which the store applies as it claims
+the segment's final (:meth:`Store.record_final`); the resulting :class:`~contracts.Final` is
+produced to ``edgecap.finals`` keyed by ``agent_id``, and only after its delivery is the record's
+offset stored. A duplicate transcript (the segment already has a final) is counted and produces
+nothing — unless the earlier final was stored but never delivered (a crash in between), in which
+case the stored final is sent. Undecodable drafts and transcripts go to ``edgecap.deadletter``
+(undecodable segments are the transcriber's to dead-letter); a store or Kafka failure rewinds the
+batch and retries it after a pause (the loop: :class:`BatchWorker`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.rule import reconcile
 from cloud.settings import WorkerSettings
-from cloud.store import Store
+from cloud.store import SegmentKey, Store
 from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
 from runtime.kafka import BatchWorker, Publisher
 
@@ -50,7 +52,7 @@ class Reconciler(BatchWorker):
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         """Store and publish everything in ``batch``; False if it must be retried."""
-        sent: list[str] = []
+        sent: list[SegmentKey] = []
         try:
             for msg in batch:
                 self._one(msg, publisher, sent)
@@ -65,7 +67,7 @@ class Reconciler(BatchWorker):
             log.exception("could not mark %d finals published", len(sent))
         return True
 
-    def _one(self, msg: Message, publisher: Publisher, sent: list[str]) -> None:
+    def _one(self, msg: Message, publisher: Publisher, sent: list[SegmentKey]) -> None:
         raw = msg.value() or b""
         try:
             if msg.topic() == Kafka.SEGMENTS:
@@ -96,14 +98,18 @@ class Reconciler(BatchWorker):
             log.debug("duplicate draft %s from %s", draft.segment_id, draft.agent_id)
             self.tally.add("duplicate_draft")
 
-    def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[str]) -> None:
+    def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[SegmentKey]) -> None:
+        key = (transcript.agent_id, transcript.segment_id)
         final = self.store.record_final(transcript, reconcile)
         if final is not None:
             self.tally.add("final")
             log.debug("final %s (%s): %s", final.segment_id, final.source, final.text)
+            if self.store.collides(key):
+                log.warning("segment id %s is used by another device too: kept apart", transcript.segment_id)
+                self.tally.add("id_collision")
         else:
-            already_sent = transcript.segment_id in sent
-            final = None if already_sent else self.store.unpublished_final(transcript.segment_id)
+            already_sent = key in sent
+            final = None if already_sent else self.store.unpublished_final(key)
             if final is None:
                 log.debug("duplicate transcript %s from %s", transcript.segment_id, transcript.agent_id)
                 self.tally.add("duplicate_transcript")
@@ -111,4 +117,4 @@ class Reconciler(BatchWorker):
             log.warning("final %s was stored but never published: sending it now", final.segment_id)
             self.tally.add("republished_final")
         publisher.send(Kafka.FINALS, final.agent_id, encode(final))
-        sent.append(final.segment_id)
+        sent.append(key)

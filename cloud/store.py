@@ -1,10 +1,16 @@
 """The caption store: one row per segment (edge draft and final caption) plus every caption version.
 
-SQLite by default (a file in WAL mode), PostgreSQL by URL. Exactly one final per ``segment_id``
-is guaranteed by the database, not by reading first: the final is claimed with
+SQLite by default (a file in WAL mode), PostgreSQL by URL. Every row is keyed by device and segment,
+(``agent_id``, ``segment_id``): two devices that choose the same ``segment_id`` never share a row
+(:meth:`Store.collides` tells the reconciler, which counts it). Exactly one final per segment is
+guaranteed by the database, not by reading first: the final is claimed with
 ``UPDATE … WHERE final_version IS NULL`` and versions are inserted with ``ON CONFLICT DO NOTHING``,
 so two reconcilers racing on the same transcript store one final and the loser sees a duplicate.
 Drafts and transcripts may arrive in either order; whichever comes first creates the row.
+
+The schema is made and upgraded by alembic (:mod:`cloud.migrations`, :func:`migrate`), at every
+start, under a lock, so an existing SQLite or PostgreSQL store upgrades in place; ``metadata`` below
+is the schema the newest migration produces.
 
 Every value that decodes fits its column (the limits of :mod:`contracts.bounds`): integers are
 64-bit (``BIGINT`` on PostgreSQL; SQLite's ``INTEGER`` is 64-bit whatever the declared type, so a
@@ -28,16 +34,20 @@ from sqlalchemy import (
     Engine,
     Float,
     Index,
-    Integer,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
-    UniqueConstraint,
+    and_,
     create_engine,
+    delete,
     event,
     func,
+    inspect,
     select,
+    text,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -50,20 +60,21 @@ from contracts import CloudTranscript, Draft, Final, bounds, decode, encode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentRow", "Store"]
+__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentKey", "SegmentRow", "Store", "migrate"]
 
 metadata = MetaData()
 
 AGENT_ID_CHARS = 64  # contracts.ids.AGENT_ID_PATTERN
 SEGMENT_ID_CHARS = 128  # contracts.ids.SEGMENT_ID_PATTERN
-# a 64-bit row id that is still SQLite's rowid (only "INTEGER PRIMARY KEY" is)
-RowId = BigInteger().with_variant(Integer(), "sqlite")
+# the key of every row: which device, which of its segments
+SegmentKey = tuple[str, str]  # (agent_id, segment_id)
+MIGRATIONS_LOCK = 0x65646765636170  # PostgreSQL advisory lock held while the schema is upgraded
 
 segments = Table(
     "segments",
     metadata,
-    Column("segment_id", String(SEGMENT_ID_CHARS), primary_key=True),
     Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
     Column("seq", BigInteger, nullable=False),
     Column("started_at", Float, nullable=False),
     Column("ended_at", Float, nullable=False),
@@ -76,25 +87,69 @@ segments = Table(
     Column("final_source", String(8)),
     Column("final_version", BigInteger),
     Column("final_stored_at", Float),
-    Column("final_message", Text, comment="The Final as sent on the wire (re-sent if never published)."),
+    Column("final_message", Text),  # the Final as sent on the wire (re-sent if never published)
     Column("final_published_at", Float),
     Column("updated_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segments"),
     Index("ix_segments_started_at", "started_at"),
     Index("ix_segments_agent_seq", "agent_id", "seq"),
+    Index("ix_segments_segment_id", "segment_id"),  # collisions across devices
 )
 
 caption_versions = Table(
     "caption_versions",
     metadata,
-    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
     Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
     Column("version", BigInteger, nullable=False),
     Column("source", String(8), nullable=False),
     Column("text", Text, nullable=False),
     Column("model_id", String(bounds.MAX_NAME_CHARS), nullable=False),
     Column("produced_at", Float, nullable=False),
-    UniqueConstraint("segment_id", "version", name="uq_caption_versions_segment_version"),
+    PrimaryKeyConstraint("agent_id", "segment_id", "version", name="pk_caption_versions"),
 )
+
+segment_attempts = Table(
+    "segment_attempts",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("last_attempt_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segment_attempts"),
+)
+
+
+def _key(table: Table, key: SegmentKey) -> Any:
+    return and_(table.c.agent_id == key[0], table.c.segment_id == key[1])
+
+
+def _keys(table: Table, keys: list[SegmentKey]) -> Any:
+    return tuple_(table.c.agent_id, table.c.segment_id).in_(keys)
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the store's schema to the newest migration (creating it in an empty database).
+
+    A store made before migrations existed (tables, no ``alembic_version``) is stamped with the
+    first revision, the schema it has, and upgraded from there. Services starting together take
+    turns: SQLite's ``BEGIN IMMEDIATE`` and a PostgreSQL advisory lock hold the others until the
+    first has committed, and they then find nothing to do.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", "cloud:migrations")
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATIONS_LOCK})
+        config.attributes["connection"] = conn
+        tables = set(inspect(conn).get_table_names())
+        if "segments" in tables and "alembic_version" not in tables:
+            log.warning("store made before migrations: stamping it with revision 0001, then upgrading")
+            command.stamp(config, "0001")
+        command.upgrade(config, "head")
 
 
 def _sqlite_setup(engine: Engine) -> None:
@@ -140,7 +195,7 @@ class Store:
         self._reader = self.engine.execution_options(edgecap_readonly=True)
         self._insert = sqlite.insert if self.dialect == "sqlite" else postgresql.insert
         if create:
-            metadata.create_all(self.engine)
+            migrate(self.engine)
         log.info("store at %s", parsed.render_as_string(hide_password=True))
 
     def close(self) -> None:
@@ -160,17 +215,16 @@ class Store:
         }
         insert = self._insert(segments).values(**draft.header(), **values)
         upsert = insert.on_conflict_do_update(
-            index_elements=[segments.c.segment_id],
+            index_elements=[segments.c.agent_id, segments.c.segment_id],
             set_=values,
             where=segments.c.draft_produced_at.is_(None),
         )
+        key = (draft.agent_id, draft.segment_id)
         with self.engine.begin() as conn:
             # RETURNING, not rowcount: psycopg reports no row count for INSERT … ON CONFLICT
             stored = conn.execute(upsert.returning(segments.c.segment_id)).first() is not None
             if stored:
-                self._add_version(
-                    conn, draft.segment_id, DRAFT_VERSION, "edge", t.text.strip(), t.model_id, t.produced_at
-                )
+                self._add_version(conn, key, DRAFT_VERSION, "edge", t.text.strip(), t.model_id, t.produced_at)
         return stored
 
     def record_final(self, transcript: CloudTranscript, rule: Rule) -> Final | None:
@@ -180,16 +234,15 @@ class Store:
         final (a duplicate: nothing is changed).
         """
         now = time.time()
+        key = (transcript.agent_id, transcript.segment_id)
         with self.engine.begin() as conn:
             conn.execute(
                 self._insert(segments)
                 .values(**transcript.header(), updated_at=now)
-                .on_conflict_do_nothing(index_elements=[segments.c.segment_id])
+                .on_conflict_do_nothing(index_elements=[segments.c.agent_id, segments.c.segment_id])
             )
             row = conn.execute(
-                select(segments.c.draft_text, segments.c.draft_model_id).where(
-                    segments.c.segment_id == transcript.segment_id
-                )
+                select(segments.c.draft_text, segments.c.draft_model_id).where(_key(segments, key))
             ).one()
             final = rule(transcript, row.draft_text)
             model_id: str = row.draft_model_id if final.source == "edge" else transcript.transcript.model_id
@@ -205,59 +258,88 @@ class Store:
                 "updated_at": now,
             }
             claimed = conn.execute(
-                update(segments)
-                .where(segments.c.segment_id == transcript.segment_id, segments.c.final_version.is_(None))
-                .values(**values)
+                update(segments).where(_key(segments, key), segments.c.final_version.is_(None)).values(**values)
             ).rowcount
             if claimed != 1:
                 return None
-            self._add_version(
-                conn,
-                transcript.segment_id,
-                final.version,
-                final.source,
-                final.text,
-                model_id,
-                produced_at,
-            )
+            self._add_version(conn, key, final.version, final.source, final.text, model_id, produced_at)
         return final
 
-    def unpublished_final(self, segment_id: str) -> Final | None:
+    def unpublished_final(self, key: SegmentKey) -> Final | None:
         """The stored final of a segment if it was never marked published (a crash in between)."""
         with self._reader.connect() as conn:
             message = conn.execute(
                 select(segments.c.final_message).where(
-                    segments.c.segment_id == segment_id,
+                    _key(segments, key),
                     segments.c.final_message.is_not(None),
                     segments.c.final_published_at.is_(None),
                 )
             ).scalar_one_or_none()
         return decode(message.encode("utf-8"), Final) if message else None
 
-    def mark_published(self, segment_ids: list[str]) -> None:
+    def mark_published(self, keys: list[SegmentKey]) -> None:
         """Record that these segments' finals were delivered to Kafka."""
-        if not segment_ids:
+        if not keys:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 update(segments)
-                .where(segments.c.segment_id.in_(segment_ids), segments.c.final_published_at.is_(None))
+                .where(_keys(segments, keys), segments.c.final_published_at.is_(None))
                 .values(final_published_at=time.time())
             )
+
+    def collides(self, key: SegmentKey) -> bool:
+        """Whether another device has stored a segment with this ``segment_id`` (each keeps its own
+        row; the reconciler counts it, since a device that reuses ids is misconfigured or hostile)."""
+        agent_id, segment_id = key
+        with self._reader.connect() as conn:
+            other = conn.execute(
+                select(segments.c.agent_id)
+                .where(segments.c.segment_id == segment_id, segments.c.agent_id != agent_id)
+                .limit(1)
+            ).first()
+        return other is not None
+
+    def take_attempts(self, keys: list[SegmentKey]) -> dict[SegmentKey, int]:
+        """Count one more attempt at each segment, durably, before a worker takes them in hand; how
+        many attempts each has had, this one included. Counts survive the worker (a crash mid-batch
+        leaves them raised); :meth:`forget_attempts` drops them once a segment is done."""
+        now = time.time()
+        counts: dict[SegmentKey, int] = {}
+        with self.engine.begin() as conn:
+            for agent_id, segment_id in dict.fromkeys(keys):
+                insert = self._insert(segment_attempts).values(
+                    agent_id=agent_id, segment_id=segment_id, attempts=1, last_attempt_at=now
+                )
+                upsert = insert.on_conflict_do_update(
+                    index_elements=[segment_attempts.c.agent_id, segment_attempts.c.segment_id],
+                    set_={"attempts": segment_attempts.c.attempts + 1, "last_attempt_at": now},
+                ).returning(segment_attempts.c.attempts)
+                counts[(agent_id, segment_id)] = int(conn.execute(upsert).scalar_one())
+        return counts
+
+    def forget_attempts(self, keys: list[SegmentKey]) -> None:
+        """Drop the attempt counts of segments that are done (transcribed or dead-lettered)."""
+        if not keys:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(delete(segment_attempts).where(_keys(segment_attempts, list(dict.fromkeys(keys)))))
 
     def _add_version(
         self,
         conn: Connection,
-        segment_id: str,
+        key: SegmentKey,
         version: int,
         source: str,
         text: str,
         model_id: str,
         produced_at: float,
     ) -> None:
+        agent_id, segment_id = key
         conn.execute(
             self._insert(caption_versions)
             .values(
+                agent_id=agent_id,
                 segment_id=segment_id,
                 version=version,
                 source=source,
@@ -265,7 +347,7 @@ class Store:
                 model_id=model_id,
                 produced_at=produced_at,
             )
-            .on_conflict_do_nothing(index_elements=[caption_versions.c.segment_id, caption_versions.c.version])
+            .on_conflict_do_nothing()
         )
 
     # --- reads --------------------------------------------------------------------------
@@ -273,7 +355,7 @@ class Store:
     def list_segments(self, limit: int = 200, agent_id: str | None = None) -> list[SegmentRow]:
         """The newest segments first (by capture time, then sequence number)."""
         query = select(segments).order_by(
-            segments.c.started_at.desc(), segments.c.seq.desc(), segments.c.segment_id.desc()
+            segments.c.started_at.desc(), segments.c.seq.desc(), segments.c.agent_id, segments.c.segment_id.desc()
         )
         if agent_id is not None:
             query = query.where(segments.c.agent_id == agent_id)
@@ -281,22 +363,19 @@ class Store:
             rows = conn.execute(query.limit(max(0, limit))).all()
         return [_view(row._mapping) for row in rows]
 
-    def get(self, segment_id: str) -> SegmentRow | None:
+    def get(self, key: SegmentKey) -> SegmentRow | None:
         with self._reader.connect() as conn:
-            row = conn.execute(select(segments).where(segments.c.segment_id == segment_id)).first()
+            row = conn.execute(select(segments).where(_key(segments, key))).first()
         return _view(row._mapping) if row is not None else None
 
-    def versions(self, segment_id: str) -> list[CaptionVersion]:
+    def versions(self, key: SegmentKey) -> list[CaptionVersion]:
         """Every stored caption version of a segment, oldest version first."""
-        query = (
-            select(caption_versions)
-            .where(caption_versions.c.segment_id == segment_id)
-            .order_by(caption_versions.c.version)
-        )
+        query = select(caption_versions).where(_key(caption_versions, key)).order_by(caption_versions.c.version)
         with self._reader.connect() as conn:
             rows = conn.execute(query).all()
         return [
             CaptionVersion(
+                agent_id=r.agent_id,
                 segment_id=r.segment_id,
                 version=r.version,
                 source=r.source,

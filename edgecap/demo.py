@@ -168,12 +168,13 @@ class Demo:
         return drafts, finals
 
     def finals(self) -> dict[str, dict[str, Any]]:
-        """Segments with a final caption in the cloud store."""
+        """The demo agent's segments with a final caption in the cloud store."""
         if self.store is None:
             from cloud.store import Store
 
             self.store = Store(self.store_url)
-        return {row["segment_id"]: row for row in self.store.list_segments(limit=100_000) if row.get("final")}
+        rows = self.store.list_segments(limit=100_000, agent_id=AGENT_ID)
+        return {row["segment_id"]: row for row in rows if row.get("final")}
 
     def watch_status(self) -> threading.Event:
         """An event set once the agent's retained status says its input ended and is all captioned:

@@ -12,12 +12,19 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
+from cloud.captions import CaptionVersion
 from cloud.settings import DashboardSettings
 from cloud.store import SegmentRow, Store
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+
+
+class SegmentDetail(SegmentRow):
+    """A segment with every version of its caption."""
+
+    versions: list[CaptionVersion]
 
 
 def create_app(settings: DashboardSettings, store: Store | None = None) -> FastAPI:
@@ -40,6 +47,15 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     ) -> list[SegmentRow]:
         """Segments with their draft and final caption, newest first."""
         return captions.list_segments(limit=limit, agent_id=agent_id)
+
+    @app.get("/api/segments/{agent_id}/{segment_id}", response_model=None)
+    def get_segment(agent_id: str, segment_id: str) -> SegmentDetail | JSONResponse:
+        """One segment of one device with every version of its caption (ids are unique per device)."""
+        key = (agent_id, segment_id)
+        row = captions.get(key)
+        if row is None:
+            return JSONResponse({"detail": "no such segment"}, status_code=404)
+        return SegmentDetail(**row, versions=captions.versions(key))
 
     @app.get("/api/stats")
     def stats() -> dict[str, int]:

@@ -81,6 +81,14 @@ def test_api(store: Store) -> None:
     assert client.get("/api/segments", params={"agent_id": "nobody"}).json() == []
     assert client.get("/api/segments", params={"limit": 0}).status_code == 422
     assert client.get("/api/stats").json() == {"segments": 2, "drafts": 2, "finals": 1}
+
+    one = client.get(f"/api/segments/pi-7/{store.ids['final']}").json()
+    assert (one["agent_id"], one["segment_id"], one["final"]["text"]) == ("pi-7", store.ids["final"], FINAL)
+    assert [(v["version"], v["source"], v["text"]) for v in one["versions"]] == [
+        (1, "edge", DRAFT_OF_FINAL),
+        (2, "cloud", FINAL),
+    ]
+    assert client.get(f"/api/segments/pi-8/{store.ids['final']}").status_code == 404  # ids are per device
     assert client.get("/healthz").json() == {"status": "ok"}
 
     page = client.get("/")
@@ -132,7 +140,8 @@ def test_page_renders_drafts_and_finals_in_chromium(store: Store, served: str, t
     assert DRAFT_ONLY in dom and DRAFT_OF_FINAL in dom
     assert "walked" in dom and "farmer" in dom  # the final, its changed words marked
     assert "<mark>walked</mark>" in dom
-    rows = dict(re.findall(r'<tr data-segment-id="([^"]+)"[^>]*data-state="(\w+)"', dom))
-    assert rows == {store.ids["final"]: "final", store.ids["draft"]: "draft"}
+    rows = {(agent, sid): state for agent, sid, state in re.findall(
+        r'<tr data-agent-id="([^"]+)" data-segment-id="([^"]+)"[^>]*data-state="(\w+)"', dom)}  # fmt: skip
+    assert rows == {("pi-7", store.ids["final"]): "final", ("pi-7", store.ids["draft"]): "draft"}
     assert dom.index(store.ids["draft"]) < dom.index(store.ids["final"])  # newest first
     assert 'id="stat-finals">1<' in dom

@@ -177,10 +177,10 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
         assert (finals[ids[2]].text, finals[ids[2]].source) == ("please bring a coat", "edge")
 
         for sid in ids:
-            seg = store.get(sid)
+            seg = store.get((AGENT, sid))
             assert seg is not None and seg["final"] is not None
             assert seg["final"]["text"] == finals[sid].text
-        late = store.get(ids[0])
+        late = store.get((AGENT, ids[0]))
         assert late is not None and late["draft"] is not None and late["draft"]["text"] == "the old farmer walk"
 
         dead = [
@@ -199,7 +199,7 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
         finals_reader.read_until(lambda v: bool(finals_for(v, {later})), 20)
         counted = [f.segment_id for f in finals_for(finals_reader.values, wanted)]
         assert sorted(counted) == sorted(ids), "exactly one Final per segment"
-        seg = store.get(ids[0])
+        seg = store.get((AGENT, ids[0]))
         assert seg is not None and seg["final"] is not None and seg["final"]["text"] == "The old farmer walked."
     finally:
         running.close()
@@ -214,7 +214,7 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
         restarted.wait_for("final", 1)  # after anything read again before it in its partition
         tally = restarted.reconciler.tally
         assert tally["final"] == 1 and tally["duplicate_transcript"] == 0 and tally["dead_letter"] == 0
-        seg = store.get(new_id)
+        seg = store.get((AGENT, new_id))
         assert seg is not None and seg["final"] is not None and seg["final"]["text"] == "My brother likes books."
     finally:
         restarted.close()
@@ -243,14 +243,14 @@ def test_drafts_come_from_the_segments_the_bridge_forwards(
         produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(with_draft, 0, "The quick brown fox.")))])
 
         def final_stored() -> bool:
-            seg = store.get(with_draft)
+            seg = store.get((AGENT, with_draft))
             return seg is not None and seg["final"] is not None
 
         wait_until(final_stored, 20, "the segment's final")
-        seg = store.get(with_draft)
+        seg = store.get((AGENT, with_draft))
         assert seg is not None and seg["draft"] is not None and seg["draft"]["text"] == "the quick brown fox"
         assert seg["final"] is not None and seg["final"]["text"] == "The quick brown fox."
-        assert store.get(without_draft) is None
+        assert store.get((AGENT, without_draft)) is None
     finally:
         running.close()
 
@@ -272,7 +272,7 @@ def test_final_stored_but_never_published_is_sent_on_redelivery(
         finals = finals_for(values, {sid})
         assert len(finals) == 1 and finals[0].text == "After dinner the children played."
         # the reconciler marks it published once Kafka confirmed it: a reader can see it before that
-        wait_until(lambda: store.unpublished_final(sid) is None, 20, "the final marked published")
+        wait_until(lambda: store.unpublished_final((AGENT, sid)) is None, 20, "the final marked published")
     finally:
         running.close()
         reader.close()
@@ -308,7 +308,7 @@ def test_values_beyond_the_contract_limits_are_dead_lettered_and_finals_go_on(
         produce(kafka, [*bad, (Kafka.TRANSCRIPTS, encode(transcript(good, 3, "Still captioned.")))])
 
         def final_stored() -> bool:
-            seg = store.get(good)
+            seg = store.get((AGENT, good))
             return seg is not None and seg["final"] is not None
 
         wait_until(final_stored, 20, "the final of the segment after the poisoned ones")
@@ -321,7 +321,7 @@ def test_values_beyond_the_contract_limits_are_dead_lettered_and_finals_go_on(
         ]
         assert sorted(d.reason for d in mine) == ["invalid"] * 3
         assert {d.detail.split(":")[0] for d in mine} == {"seq", "started_at", "draft.text"}
-        assert all(store.get(sid) is None for sid in poisoned)
+        assert all(store.get((AGENT, sid)) is None for sid in poisoned)
     finally:
         running.close()
         dead_reader.close()
@@ -343,3 +343,41 @@ def test_check_config_validates_and_hides_secrets(
     monkeypatch.setenv("EDGECAP_WORKER_BATCH_SIZE", "0")
     assert main([worker, "--check-config"]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+@pytest.mark.integration
+def test_two_devices_with_one_segment_id_get_their_own_finals(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    """Issue 9 §1: two devices that use the same segment_id used to share one row, so the second
+    device's final carried the first device's draft. Now each keeps its own row and final, on its own
+    device's key, and the collision is counted."""
+    sid = new_segment_id()
+    drafts, transcripts = [], []
+    for agent, text in (("pi-one", "the first device speaks"), ("pi-two", "the second device speaks")):
+        head = {**header(sid, 0), "agent_id": agent}
+        edge = Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=time.time())
+        cloud = Transcript(text="", model_id="whisper-tiny.en-hf", produced_at=time.time())  # empty: the draft stands
+        drafts.append((Kafka.DRAFTS, encode(Draft(**head, draft=edge))))
+        transcripts.append((Kafka.TRANSCRIPTS, encode(CloudTranscript(**head, transcript=cloud, worker="test"))))
+
+    reader = TopicReader(kafka, Kafka.FINALS)
+    running = Running(settings, store)
+    try:
+        produce(kafka, drafts)
+        running.wait_for("draft", 2)  # both drafts stored under the same segment_id, apart
+        produce(kafka, transcripts)
+        running.wait_for("final", 2)
+        running.wait_for("id_collision", 1)
+        finals = finals_for(reader.read_until(lambda v: len(finals_for(v, {sid})) >= 2, 20), {sid})
+        assert sorted((f.agent_id, f.text) for f in finals) == [
+            ("pi-one", "the first device speaks"),
+            ("pi-two", "the second device speaks"),
+        ]
+        for agent in ("pi-one", "pi-two"):
+            seg = store.get((agent, sid))
+            assert seg is not None and seg["final"] is not None and seg["draft"] is not None
+            assert seg["final"]["text"] == seg["draft"]["text"]
+    finally:
+        running.close()
+        reader.close()

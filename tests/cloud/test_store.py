@@ -36,7 +36,7 @@ def make_transcript(
 def test_draft_then_final(store: Store) -> None:
     sid = new_segment_id()
     assert store.upsert_draft(make_draft(sid)) is True
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["draft"] is not None and seg["final"] is None
     assert seg["draft"]["text"] == "hello wrld"
 
@@ -44,11 +44,11 @@ def test_draft_then_final(store: Store) -> None:
     assert final is not None
     assert (final.text, final.source, final.version, final.draft_text) == ("Hello world.", "cloud", 2, "hello wrld")
 
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["final"] is not None and seg["draft"] is not None
     assert seg["final"]["text"] == "Hello world." and seg["final"]["model_id"] == "whisper-tiny.en-hf"
     assert seg["draft"]["text"] == "hello wrld"
-    assert [(v["version"], v["source"], v["text"]) for v in store.versions(sid)] == [
+    assert [(v["version"], v["source"], v["text"]) for v in store.versions(("pi-1", sid))] == [
         (1, "edge", "hello wrld"),
         (2, "cloud", "Hello world."),
     ]
@@ -59,15 +59,15 @@ def test_final_before_draft(store: Store) -> None:
     sid = new_segment_id()
     final = store.record_final(make_transcript(sid), reconcile)
     assert final is not None and final.source == "cloud" and final.draft_text is None
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["draft"] is None and seg["final"] is not None
     assert store.counts() == {"segments": 1, "drafts": 0, "finals": 1}
 
     assert store.upsert_draft(make_draft(sid)) is True  # late draft is still kept as version 1
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["draft"] is not None and seg["final"] is not None
     assert (seg["draft"]["text"], seg["final"]["text"]) == ("hello wrld", "Hello world.")
-    assert [v["version"] for v in store.versions(sid)] == [1, 2]
+    assert [v["version"] for v in store.versions(("pi-1", sid))] == [1, 2]
     assert store.counts() == {"segments": 1, "drafts": 1, "finals": 1}
 
 
@@ -76,7 +76,7 @@ def test_empty_cloud_text_keeps_the_draft(store: Store) -> None:
     store.upsert_draft(make_draft(sid, text="turn left"))
     final = store.record_final(make_transcript(sid, text="  "), reconcile)
     assert final is not None and (final.text, final.source, final.version) == ("turn left", "edge", 2)
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["final"] is not None
     assert (seg["final"]["source"], seg["final"]["model_id"]) == ("edge", "whisper-tiny.en-int8-onnx")
 
@@ -87,19 +87,19 @@ def test_duplicates(store: Store) -> None:
     assert store.upsert_draft(make_draft(sid, text="changed")) is False
     assert store.record_final(make_transcript(sid), reconcile) is not None
     assert store.record_final(make_transcript(sid, text="a different text"), reconcile) is None
-    seg = store.get(sid)
+    seg = store.get(("pi-1", sid))
     assert seg is not None and seg["draft"] is not None and seg["final"] is not None
     assert (seg["draft"]["text"], seg["final"]["text"]) == ("hello wrld", "Hello world.")
-    assert len(store.versions(sid)) == 2
+    assert len(store.versions(("pi-1", sid))) == 2
     assert store.counts() == {"segments": 1, "drafts": 1, "finals": 1}
 
 
 def test_unpublished_final_until_marked(store: Store) -> None:
     sid = new_segment_id()
     final = store.record_final(make_transcript(sid), reconcile)
-    assert store.unpublished_final(sid) == final
-    store.mark_published([sid])
-    assert store.unpublished_final(sid) is None
+    assert store.unpublished_final(("pi-1", sid)) == final
+    store.mark_published([("pi-1", sid)])
+    assert store.unpublished_final(("pi-1", sid)) is None
 
 
 def test_exactly_one_final_when_two_reconcilers_race(store_url: str) -> None:
@@ -126,10 +126,10 @@ def test_exactly_one_final_when_two_reconcilers_race(store_url: str) -> None:
     assert not set(won[0]) & set(won[1])
     for sid in ids:
         winner = 0 if sid in won[0] else 1
-        seg = stores[1].get(sid)
+        seg = stores[1].get(("pi-1", sid))
         assert seg is not None and seg["final"] is not None
         assert seg["final"]["text"] == f"text from reconciler {winner}"
-        assert [v["version"] for v in stores[0].versions(sid)] == [1, 2]
+        assert [v["version"] for v in stores[0].versions(("pi-1", sid))] == [1, 2]
     assert stores[0].counts() == {"segments": 40, "drafts": 40, "finals": 40}
     for s in stores:
         s.close()
@@ -160,10 +160,49 @@ def test_reopen_keeps_data_and_uses_wal(store_url: str) -> None:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
     s.close()
     s = Store(store_url)
-    assert s.get(sid) is not None and s.upsert_draft(make_draft(sid)) is False
+    assert s.get(("pi-1", sid)) is not None and s.upsert_draft(make_draft(sid)) is False
     s.close()
 
 
 def test_unsupported_url() -> None:
     with pytest.raises(ValueError, match="unsupported store"):
         Store("mysql://localhost/x")
+
+
+def test_two_devices_with_one_segment_id_never_share_a_row(store: Store) -> None:
+    """Keys are (agent_id, segment_id): a second device's final carries its own draft, the first
+    device's caption is untouched, and the store says the id collides (the reconciler counts it)."""
+    sid = new_segment_id()
+    assert store.upsert_draft(make_draft(sid, text="first device", agent_id="pi-1")) is True
+    assert not store.collides(("pi-1", sid))
+    assert store.upsert_draft(make_draft(sid, text="second device", agent_id="pi-2")) is True
+    assert store.collides(("pi-1", sid)) and store.collides(("pi-2", sid))
+
+    second = store.record_final(make_transcript(sid, text="", agent_id="pi-2"), reconcile)  # empty: the draft stands
+    assert second is not None and (second.agent_id, second.text) == ("pi-2", "second device")
+    first = store.record_final(make_transcript(sid, text="", agent_id="pi-1"), reconcile)
+    assert first is not None and (first.agent_id, first.text) == ("pi-1", "first device")
+    for agent, text in (("pi-1", "first device"), ("pi-2", "second device")):
+        seg = store.get((agent, sid))
+        assert seg is not None and seg["final"] is not None and seg["final"]["text"] == text
+        assert [(v["agent_id"], v["version"], v["text"]) for v in store.versions((agent, sid))] == [
+            (agent, 1, text),
+            (agent, 2, text),
+        ]
+    store.mark_published([("pi-1", sid)])
+    assert store.unpublished_final(("pi-1", sid)) is None
+    assert store.unpublished_final(("pi-2", sid)) == second
+    assert store.counts() == {"segments": 2, "drafts": 2, "finals": 2}
+
+
+def test_attempts_are_counted_durably_until_forgotten(store_url: str) -> None:
+    a, b = ("pi-1", new_segment_id()), ("pi-2", new_segment_id())
+    s = Store(store_url)
+    assert s.take_attempts([a, b]) == {a: 1, b: 1}
+    assert s.take_attempts([a]) == {a: 2}
+    s.close()
+    s = Store(store_url)  # a restarted worker sees the counts
+    assert s.take_attempts([a, b, a]) == {a: 3, b: 2}
+    s.forget_attempts([a])
+    assert s.take_attempts([a, b]) == {a: 1, b: 3}
+    s.close()

@@ -8,7 +8,7 @@ const tbody = document.getElementById("captions");
 const empty = document.getElementById("empty");
 const live = document.getElementById("live");
 const agentFilter = document.getElementById("agent-filter");
-const rows = new Map(); // segment_id -> { tr, cells, key }
+const rows = new Map(); // "agent_id/segment_id" -> { tr, cells, key }: ids are unique per device only
 const agents = new Set();
 let loaded = false; // after the first render, new and changed rows flash
 let timer = null;
@@ -49,6 +49,7 @@ function wordsWithChanges(text, draft) {
 
 function createRow(seg) {
   const tr = el("tr");
+  tr.dataset.agentId = seg.agent_id;
   tr.dataset.segmentId = seg.segment_id;
   const cells = {};
   for (const name of ["time", "agent", "draft", "final", "state"]) {
@@ -98,11 +99,12 @@ function render(segments) {
   const seen = new Set();
   let previous = null;
   for (const seg of segments) {
-    seen.add(seg.segment_id);
-    let entry = rows.get(seg.segment_id);
+    const id = `${seg.agent_id}/${seg.segment_id}`;
+    seen.add(id);
+    let entry = rows.get(id);
     if (!entry) {
       entry = createRow(seg);
-      rows.set(seg.segment_id, entry);
+      rows.set(id, entry);
     }
     updateRow(entry, seg);
     const wanted = previous ? previous.nextSibling : tbody.firstChild;
