@@ -78,7 +78,10 @@ class Bridge:
         self._loop.start()
         if s.downlink:
             self.producer = Producer(
-                s.kafka.config(logger=logging.getLogger("bridge.kafka.deadletters"), acks="all")
+                s.kafka.config(
+                    logger=logging.getLogger("bridge.kafka.deadletters"), acks="all",
+                    **{"message.max.bytes": s.kafka_max_record_bytes},
+                )
             )
             self.downlink = Downlink(s, self.publisher, self.producer, self.metrics, self._fail)
             self.downlink.start()
@@ -175,14 +178,15 @@ class Bridge:
 
 def uplink_producer_config(s: BridgeSettings) -> dict[str, Any]:
     """The uplink producer's librdkafka configuration: idempotent with ``acks=all`` (every write
-    confirmed by all replicas, once), plus the bridge's batching and ordering."""
+    confirmed by all replicas, once), the bridge's record limit (so that the client refuses a record
+    the broker would, should one get past the uplink's check), batching and ordering."""
     return producer_config(
         s.kafka,
         **{
             "logger": logging.getLogger("bridge.kafka.producer"),
+            "message.max.bytes": s.kafka_max_record_bytes,
             "linger.ms": s.linger_ms,
             "compression.type": s.compression,
-            "message.max.bytes": max(1_000_000, s.max_message_bytes + 64 * 1024),
             "delivery.timeout.ms": s.delivery_timeout_ms,
             # a batch that fails for good stops the producer (a fatal error: the bridge replaces it and
             # produces every unconfirmed record again in order) instead of leaving a gap that later

@@ -15,6 +15,13 @@ before an earlier record of the same agent that is still unconfirmed.
    them). A fatal producer error replaces the producer first; its unconfirmed records join the round.
 4. The gate opens again when a round ends with nothing failed.
 
+Only transient failures take part in rounds. A record refused for good (too large, not authorized,
+invalid: :func:`bridge.limits.permanent_reason`) is taken out of the flow instead: its message's
+``refused`` callback says what to produce in its place (a dead letter), and the message counts as
+done once that is confirmed. The callback runs in the bridge loop, never inside a delivery callback,
+which librdkafka may call while ``_produce_lock`` is held (a full queue is waited out in
+:meth:`Delivery._produce`): the refusals wait in a list that :meth:`Delivery.serve` settles.
+
 Stopping intake for a whole round (rather than per agent) is the simple choice that keeps the order
 of every agent; a round only happens while Kafka is unreachable or failing, when no agent's records
 could go through anyway.
@@ -43,22 +50,32 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from bridge.limits import permanent_reason, record_bytes
 from bridge.metrics import Metrics
-from contracts import Kafka
+from contracts import Kafka, Reason
 from runtime.kafka import produce
 
 log = logging.getLogger(__name__)
 
 _PURGED = (KafkaError._PURGE_QUEUE, KafkaError._PURGE_INFLIGHT)
 
+Records = list[tuple[Kafka, str | None, bytes]]
+"""Records to produce: topic, key, value."""
+Refuse = Callable[[Kafka, bytes, Reason, str], Records]
+"""Called in the bridge loop (no lock held) with the topic, value, reason and detail of a record of
+the message that Kafka refused for good; returns the records to produce instead (a dead letter), or
+none: the record then counts as settled."""
+
 
 @dataclass(eq=False)
 class _Batch:
-    """Records of one MQTT message; ``done`` runs once Kafka confirmed all of them."""
+    """Records of one MQTT message; ``done`` runs once Kafka confirmed (or, for a record it refused
+    for good, the records given in its place) all of them."""
 
     remaining: int
     done: Callable[[], None]
     describe: str
+    refused: Refuse
 
 
 @dataclass(eq=False)
@@ -94,6 +111,7 @@ class Delivery:
         self._seq = itertools.count()
         self._outstanding: dict[int, _Record] = {}
         self._failed: list[_Record] = []
+        self._refused: list[tuple[_Record, Reason, KafkaError]] = []  # settled by serve()
         self._first_error: KafkaError | None = None
         self._generation = 0
         self._fatal = False
@@ -106,14 +124,14 @@ class Delivery:
     # --- intake thread -------------------------------------------------------------------
 
     def send(
-        self, records: list[tuple[Kafka, str | None, bytes]], done: Callable[[], None], describe: str,
-        closing: threading.Event,
+        self, records: Records, done: Callable[[], None], describe: str, closing: threading.Event, refused: Refuse
     ) -> bool:
-        """Produce ``records``; ``done()`` runs once Kafka confirmed them all (retrying as needed).
+        """Produce ``records``; ``done()`` runs once Kafka confirmed them all (retrying as needed), or
+        what ``refused`` gave in place of a record Kafka refused for good.
 
         Blocks while a retry round holds intake; False (nothing sent) if ``closing`` is set meanwhile.
         """
-        batch = _Batch(len(records), done, describe)
+        batch = _Batch(len(records), done, describe, refused)
         while True:
             if not self.open.wait(0.2):
                 if closing.is_set():
@@ -129,7 +147,7 @@ class Delivery:
     def outstanding(self) -> int:
         """Records produced and not yet confirmed, failed ones waiting for their retry included."""
         with self._lock:
-            return len(self._outstanding) + len(self._failed)
+            return len(self._outstanding) + len(self._failed) + len(self._refused)
 
     # --- bridge loop thread --------------------------------------------------------------
 
@@ -141,6 +159,7 @@ class Delivery:
             self._on_error(exc.args[0])
         if self._fatal:
             self._replace_producer()
+        self._settle_refused()
         held = not self.open.is_set()
         self.metrics.intake_held.set(held)
         if not held:
@@ -179,12 +198,40 @@ class Delivery:
                 self._produce(record)
 
     def flush(self, timeout_s: float) -> int:
-        """Wait for confirmations (callbacks run here); the number of records still unconfirmed."""
-        try:
-            self.producer.flush(timeout_s)
-        except KafkaException as exc:
-            log.error("kafka producer failed while flushing: %s", exc)
-        return self.outstanding()
+        """Wait for confirmations (callbacks run here, and refusals are settled: their dead letters
+        produced and waited for too); the number of records still unconfirmed."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.producer.flush(max(0.0, deadline - time.monotonic()))
+            except KafkaException as exc:
+                log.error("kafka producer failed while flushing: %s", exc)
+            if not self._settle_refused() or time.monotonic() >= deadline:
+                return self.outstanding()
+
+    def _settle_refused(self) -> bool:
+        """Put what each refused record's message gives in its place (a dead letter) in the record's
+        batch and produce it; whether any refusal was settled."""
+        with self._lock:
+            refused, self._refused = self._refused, []
+        for record, reason, err in refused:
+            size = record_bytes(record.key, record.value)
+            detail = f"kafka refused the {size}-byte record to {record.topic.value}: {err.name()}: {err.str()}"
+            try:
+                instead = record.batch.refused(record.topic, record.value, reason, detail)
+            except Exception:  # a bug must not stop the loop, nor hold every later ack behind this one
+                self.metrics.errors.inc()
+                log.exception("handling the refusal of %s failed; it counts as settled", record.batch.describe)
+                instead = []
+            with self._produce_lock:
+                with self._lock:
+                    record.batch.remaining += len(instead) - 1
+                    finished = record.batch.remaining == 0
+                for topic, key, value in instead:
+                    self._produce(_Record(next(self._seq), topic, key, value, record.batch))
+            if finished:
+                record.batch.done()
+        return bool(refused)
 
     # --- both threads --------------------------------------------------------------------
 
@@ -203,11 +250,17 @@ class Delivery:
             self._delivered(record, record.generation, exc.args[0], None)
 
     def _delivered(self, record: _Record, generation: int, err: KafkaError | None, _msg: Message | None) -> None:
+        """A delivery report (or a refusal at ``produce()``). May run while ``_produce_lock`` is held:
+        it only does bookkeeping, never produces."""
+        reason = None if err is None else permanent_reason(err)
         with self._lock:
             if generation != record.generation or self._outstanding.get(record.seq) is not record:
                 return  # a report of a replaced producer: the record is already in a retry round
             del self._outstanding[record.seq]
-            if err is not None:
+            if err is not None and reason is not None:  # never to succeed: out of the flow, no round
+                self._refused.append((record, reason, err))
+                self._fatal = self._fatal or err.fatal()
+            elif err is not None:
                 self._failed.append(record)
                 self.open.clear()
                 if err.code() not in _PURGED:
@@ -217,6 +270,11 @@ class Delivery:
             else:
                 record.batch.remaining -= 1
                 finished = record.batch.remaining == 0
+        if err is not None and reason is not None:
+            self.metrics.kafka_refused.labels(err.name()).inc()
+            log.warning("kafka refused %s to %s for good (%s): %s", record.batch.describe, record.topic.value,
+                        reason.value, err)
+            return
         if err is not None:
             self.metrics.delivery_failures.inc()
             log.debug("kafka did not take %s to %s: %s", record.batch.describe, record.topic.value, err)

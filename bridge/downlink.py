@@ -18,12 +18,12 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, KafkaException, Message, Producer
 from paho.mqtt.client import MQTTMessageInfo
 
+from bridge.limits import fitted_dead_letter
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.settings import BridgeSettings
-from contracts import AgentConfig, DecodeError, Down, Final, Kafka, Reason, decode, encode, mqtt_topic
+from contracts import AgentConfig, DecodeError, Down, Final, Kafka, Reason, decode, mqtt_topic
 from runtime.kafka import (
-    dead_letter,
     ensure_topics,
     open_consumer,
     poll_batch,
@@ -159,8 +159,11 @@ class Downlink:
         log.warning("bad record at %s: %s (%s)", where, reason.value, detail)
         self.metrics.dead_lettered.labels(reason.value).inc()
         source = record.topic() or Kafka.FINALS.value
-        letter = dead_letter(raw, source, record_key(record), reason, detail, self.settings.deadletter_payload_bytes)
+        s = self.settings
+        letter = fitted_dead_letter(
+            raw, source, record_key(record), reason, detail, s.deadletter_payload_bytes, s.kafka_max_record_bytes
+        )
         try:  # a full queue is waited out here; the bridge loop polls the producer as well
-            produce(self.producer, Kafka.DEADLETTER, encode(letter), record.key())
+            produce(self.producer, Kafka.DEADLETTER, letter, record.key())
         except KafkaException as exc:
             log.error("could not dead-letter the bad record: %s", exc)

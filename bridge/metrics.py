@@ -32,6 +32,17 @@ class Metrics:
         self.delivery_failures = Counter(
             p + "delivery_failures", "Kafka deliveries that failed (each is produced again).", registry=r
         )
+        self.kafka_refused = Counter(
+            p + "kafka_refused",
+            "Records Kafka or its client refused for good (never retried: dead-lettered), by Kafka error.",
+            ["error"],
+            registry=r,
+        )
+        self.deadletters_lost = Counter(
+            p + "deadletters_lost",
+            "Dead letters Kafka refused for good even without their payload (the agent's receipt still rejects).",
+            registry=r,
+        )
         self.retried = Counter(p + "retried", "Kafka records produced again after a failed delivery.", registry=r)
         self.producer_restarts = Counter(
             p + "producer_restarts", "Kafka producers replaced after a fatal error.", registry=r
@@ -94,6 +105,6 @@ class Metrics:
                     out.setdefault(name, {})[label] = sample.value
                 else:
                     out[name] = sample.value
-        for labelled in ("produced", "dead_lettered", "reconnects", "receipt_ids"):
+        for labelled in ("produced", "dead_lettered", "reconnects", "receipt_ids", "kafka_refused"):
             out.setdefault(labelled, {})
         return out

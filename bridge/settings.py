@@ -7,6 +7,7 @@ from pydantic_settings import SettingsConfigDict
 
 from contracts.bounds import MAX_RECEIPT_IDS
 from contracts.messages import DEFAULT_MAX_BYTES
+from runtime.kafka import KAFKA_MAX_RECORD_BYTES
 from runtime.settings import KafkaSettings, MqttSettings, ServiceSettings
 
 
@@ -29,6 +30,16 @@ class BridgeSettings(ServiceSettings):
         "edgecap-bridge", min_length=1, description="MQTT v5 shared-subscription group of bridge replicas."
     )
     max_message_bytes: int = Field(DEFAULT_MAX_BYTES, ge=1024, description="Largest accepted MQTT payload.")
+    kafka_max_record_bytes: int = Field(
+        KAFKA_MAX_RECORD_BYTES,
+        ge=16 * 1024,
+        le=1_000_000_000,
+        description=(
+            "Largest Kafka record the bridge produces: the broker's (or topic's) message.max.bytes, Apache "
+            "Kafka's default unless set. A segment or frame whose record would be larger is refused as "
+            "too_large; the producer's own message.max.bytes is set to it too."
+        ),
+    )
     allowed_sample_rates: list[int] = Field(
         default_factory=lambda: [16000], min_length=1, description="Sample rates accepted in segments."
     )
@@ -46,7 +57,12 @@ class BridgeSettings(ServiceSettings):
     )
     dedup_window: int = Field(10_000, ge=1, description="How many recent segment ids are remembered for duplicates.")
     deadletter_payload_bytes: int = Field(
-        64 * 1024, ge=0, description="Refused payloads are truncated to this many bytes in dead letters."
+        64 * 1024,
+        ge=0,
+        description=(
+            "Refused payloads are truncated to this many bytes in dead letters (to fewer where the dead letter "
+            "would exceed kafka_max_record_bytes)."
+        ),
     )
     linger_ms: int = Field(5, ge=0, description="Producer batching delay (librdkafka linger.ms).")
     compression: str = Field("lz4", description="Producer compression codec (none, gzip, snappy, lz4, zstd).")

@@ -8,7 +8,11 @@ Threads:
 - the bridge loop thread serves Kafka's delivery callbacks (:meth:`Uplink._confirmed` marks a
   message whose records are all confirmed), then :meth:`Uplink.ack_confirmed` acks MQTT in arrival
   order (PUBACKs go out in the order the PUBLISHes came, as MQTT asks), frees the slots and fills
-  receipts. ``_lock`` guards the ack queue.
+  receipts. ``_lock`` guards the ack queue. When Kafka refuses a record for good, the loop thread
+  also runs :meth:`Uplink._kafka_refused`: the message is dead-lettered and rejected instead.
+
+A record over the Kafka limit (``kafka_max_record_bytes``) is never produced: its message is refused
+as ``too_large`` before, like any other refused input.
 """
 
 from __future__ import annotations
@@ -22,15 +26,15 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from bridge.delivery import Delivery
+from bridge.delivery import Delivery, Records
+from bridge.limits import fitted_dead_letter, record_bytes
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
-from contracts import Frame, Kafka, Reason, Rejection, Segment, Up, encode, shared_filter
+from contracts import Frame, Kafka, Reason, Rejection, Segment, Up, shared_filter
 from contracts.ids import is_agent_id
-from runtime.kafka import dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,19 @@ class _Pending:
     qos: int
     on_success: Callable[[], None]
     confirmed: bool = False
+
+
+@dataclass(eq=False)
+class _Refusal:
+    """What the dead letter of one MQTT message says, should it be (or become) refused."""
+
+    source: str  # the MQTT topic
+    agent_id: str | None
+    segment_id: str | None  # for the agent's receipt, when one can be read
+    raw: bytes  # the payload as it came (also the record's value while in flight: no copy)
+    reason: Reason | None = None
+    detail: str = ""
+    described: bool = False  # its dead letter went without payload, as the payload made it too large
 
 
 class Uplink:
@@ -144,6 +161,16 @@ class Uplink:
             log.exception("checking a message on %s failed; it is dead-lettered", msg.topic)
             self._refuse(msg, raw, agent_id, Refused(Reason.INVALID, f"the bridge could not check it: {exc!r}"[:300]))
             return
+        kind = "frame" if isinstance(item, Frame) else "segment"
+        size = record_bytes(agent_id, raw)
+        if size > s.kafka_max_record_bytes:  # never produced: Kafka (or its client) would refuse it
+            segment_id = item.segment_id
+            del item
+            self._refuse(msg, raw, agent_id, Refused(
+                Reason.TOO_LARGE,
+                f"{kind}: its Kafka record would be {size} bytes, over the limit of {s.kafka_max_record_bytes}",
+            ), segment_id)
+            return
         self._note_seen(item.segment_id, agent_id, item.seq)
         # one record, the bytes as they came: the reconciler takes each segment's draft from
         # edgecap.segments itself (the bridge moves and checks, it does not reshape)
@@ -156,25 +183,38 @@ class Uplink:
         def accepted() -> None:
             self.receipts.accept(agent_id, segment_id)
 
-        kind = "frame" if isinstance(item, Frame) else "segment"
         del item
-        self._forward(msg, records, accepted, f"{kind} {segment_id} of {agent_id}")
+        refusal = _Refusal(msg.topic, agent_id, segment_id, raw)
+        self._forward(msg, records, accepted, f"{kind} {segment_id} of {agent_id}", refusal)
 
-    def _refuse(self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused) -> None:
+    def _refuse(
+        self, msg: mqtt.MQTTMessage, raw: bytes, agent_id: str | None, refused: Refused, segment_id: str | None = None
+    ) -> None:
         log.warning("refused message on %s: %s (%s)", msg.topic, refused.reason.value, refused.detail)
         self.metrics.dead_lettered.labels(refused.reason.value).inc()
-        keep = self.settings.deadletter_payload_bytes
-        record = dead_letter(raw, msg.topic, agent_id, refused.reason, refused.detail, keep)
-        segment_id = readable_segment_id(raw, 16 * self.settings.max_message_bytes)
-        rejection = None
-        if agent_id is not None and segment_id is not None and is_agent_id(agent_id):
-            rejection = Rejection(segment_id=segment_id, reason=refused.reason, detail=refused.detail)
+        if segment_id is None:
+            segment_id = readable_segment_id(raw, 16 * self.settings.max_message_bytes)
+        refusal = _Refusal(msg.topic, agent_id, segment_id, raw, refused.reason, refused.detail)
+        letter = self._dead_letter(refusal, self.settings.deadletter_payload_bytes)
+        self._forward(msg, letter, self._rejecter(refusal), f"dead letter from {msg.topic}", refusal)
 
-        def rejected() -> None:
-            if rejection is not None and agent_id is not None:
-                self.receipts.reject(agent_id, rejection)
+    def _dead_letter(self, refusal: _Refusal, keep: int) -> Records:
+        """The dead-letter record of ``refusal``'s message, with at most ``keep`` bytes of its payload
+        and never over the Kafka record limit."""
+        assert refusal.reason is not None
+        letter = fitted_dead_letter(
+            refusal.raw, refusal.source, refusal.agent_id, refusal.reason, refusal.detail, keep,
+            self.settings.kafka_max_record_bytes,
+        )
+        return [(Kafka.DEADLETTER, refusal.agent_id, letter)]
 
-        self._forward(msg, [(Kafka.DEADLETTER, agent_id, encode(record))], rejected, f"dead letter from {msg.topic}")
+    def _rejecter(self, refusal: _Refusal) -> Callable[[], None]:
+        """What puts ``refusal`` in its agent's next receipt (nothing, without an id to name)."""
+        agent_id, segment_id, reason = refusal.agent_id, refusal.segment_id, refusal.reason
+        if agent_id is None or segment_id is None or reason is None or not is_agent_id(agent_id):
+            return lambda: None
+        rejection = Rejection(segment_id=segment_id, reason=reason, detail=refusal.detail)
+        return lambda: self.receipts.reject(agent_id, rejection)
 
     def _note_seen(self, segment_id: str, agent_id: str, seq: int) -> None:
         """Count replays (an id seen within the window) and sequence regressions (a new id whose seq
@@ -201,14 +241,11 @@ class Uplink:
             self._last_seq.popitem(last=False)
 
     def _forward(
-        self,
-        msg: mqtt.MQTTMessage,
-        records: list[tuple[Kafka, str | None, bytes]],
-        on_success: Callable[[], None],
-        describe: str,
+        self, msg: mqtt.MQTTMessage, records: Records, on_success: Callable[[], None], describe: str, refusal: _Refusal
     ) -> None:
         """Produce ``records`` (topic, key, value); once Kafka confirmed them all, ack ``msg`` and
-        run ``on_success``."""
+        run ``on_success`` (or, if Kafka refused a record for good, once it confirmed the dead letter,
+        ack ``msg`` and reject it: :meth:`_kafka_refused`)."""
         while not self._slots.acquire(timeout=0.2):
             if self._closing.is_set():
                 return
@@ -216,13 +253,39 @@ class Uplink:
         with self._lock:
             self._unacked.append(pending)
         self.metrics.in_flight.inc()
-        if not self.delivery.send(records, lambda: self._confirmed(pending), describe, self._closing):
+
+        def refused(topic: Kafka, value: bytes, reason: Reason, detail: str) -> Records:
+            return self._kafka_refused(pending, refusal, topic, reason, detail)
+
+        if not self.delivery.send(records, lambda: self._confirmed(pending), describe, self._closing, refused):
             with self._lock:  # closing: never sent, never acked; the broker redelivers it later
                 self._unacked.remove(pending)
             self.metrics.in_flight.dec()
             self._slots.release()
 
     # --- bridge loop thread (delivery callbacks) -----------------------------------------
+
+    def _kafka_refused(
+        self, pending: _Pending, refusal: _Refusal, topic: Kafka, reason: Reason, detail: str
+    ) -> Records:
+        """Kafka refused a record of ``pending``'s message for good: what to produce instead. A segment
+        or frame is dead-lettered and rejected in its agent's receipt, like input the bridge refuses
+        itself; a dead letter refused as too large goes again without its payload; one refused
+        anyway is counted and logged, and the message is still acknowledged and rejected: holding it
+        would stall its agent behind a record that can never be written."""
+        if topic is not Kafka.DEADLETTER:
+            refusal.reason, refusal.detail = reason, detail
+            self.metrics.dead_lettered.labels(reason.value).inc()
+            pending.on_success = self._rejecter(refusal)
+            return self._dead_letter(refusal, self.settings.deadletter_payload_bytes)
+        if reason is Reason.TOO_LARGE and not refusal.described:
+            refusal.described = True
+            log.warning("the dead letter from %s is too large for kafka: sending it without payload", refusal.source)
+            return self._dead_letter(refusal, 0)
+        self.metrics.deadletters_lost.inc()
+        log.error("kafka refused the dead letter from %s for good (%s), the message is still rejected: %s",
+                  refusal.source, refusal.reason, detail)
+        return []
 
     def _confirmed(self, pending: _Pending) -> None:
         """Kafka has every record of ``pending``; :meth:`ack_confirmed` acks it."""

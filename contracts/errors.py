@@ -16,6 +16,12 @@ class Reason(StrEnum):
     INVALID = "invalid"
     BAD_AUDIO = "bad_audio"
     SPOOFED_AGENT = "spoofed_agent"
+    KAFKA_REFUSED = "kafka_refused"
+    """Kafka (or its client) refused the record for good: authorization, an invalid record, a broker
+    policy. Retrying cannot help; the detail names Kafka's error. A record over the limit is ``too_large``."""
+    POISON = "poison"
+    """A worker process died every time it had this record in hand (``max_attempts`` times, counted
+    durably): dead-lettered so that the records behind it flow."""
 
 
 class DecodeError(ValueError):

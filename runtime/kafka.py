@@ -49,10 +49,18 @@ HEALTHY = Gauge(
 # --- configuration ------------------------------------------------------------------------
 
 
+KAFKA_MAX_RECORD_BYTES = 1_048_588
+"""Apache Kafka's default record limit (the broker's ``message.max.bytes``: 1 MiB and 12 bytes)."""
+
+
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
     """An idempotent producer: every record confirmed by all in-sync replicas (``acks=all``) and
-    written once however often librdkafka retries it. ``overrides`` add librdkafka properties."""
-    return kafka.config(**({"acks": "all", "enable.idempotence": True} | overrides))
+    written once however often librdkafka retries it. librdkafka refuses at ``produce()`` a record
+    over its ``message.max.bytes`` (key, value and 36 bytes of framing), here Apache Kafka's default
+    limit unless ``kafka.extra`` or ``overrides`` set it, rather than send it to a broker that
+    refuses it. ``overrides`` add librdkafka properties."""
+    limit = {} if "message.max.bytes" in kafka.extra else {"message.max.bytes": KAFKA_MAX_RECORD_BYTES}
+    return kafka.config(**({"acks": "all", "enable.idempotence": True} | limit | overrides))
 
 
 def consumer_config(kafka: KafkaSettings, group: str, session_timeout_ms: int, **overrides: Any) -> dict[str, Any]:
