@@ -1,20 +1,24 @@
-"""Audio payloads to what Whisper wants: mono float32 at 16 kHz."""
+"""Audio payloads to what Whisper wants: mono float32 at 16 kHz, from any codec of the contract."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from contracts import Audio
+from runtime.audiocodec import AudioCodecError, decode_audio
+
+__all__ = ["SAMPLE_RATE", "AudioCodecError", "resample", "to_float32"]
 
 SAMPLE_RATE = 16000
 
 
 def to_float32(audio: Audio) -> np.ndarray:
-    """PCM16 (any rate and channel count the contract allows) as mono float32 in [-1, 1) at 16 kHz."""
-    pcm = np.frombuffer(audio.data, dtype="<i2").astype(np.float32) / 32768.0
-    if audio.channels > 1:
-        pcm = pcm.reshape(-1, audio.channels).mean(axis=1)
-    return resample(pcm, audio.sample_rate, SAMPLE_RATE)
+    """Opus, FLAC or PCM16 audio (any rate and channel count the contract allows) as mono float32
+    in [-1, 1) at 16 kHz. Raises :class:`~runtime.audiocodec.AudioCodecError` when the data is not the
+    audio its message declares (the transcriber dead-letters the segment)."""
+    pcm = decode_audio(audio).astype(np.float32) / 32768.0
+    mono = pcm.mean(axis=1) if audio.channels > 1 else pcm[:, 0]
+    return resample(mono, audio.sample_rate, SAMPLE_RATE)
 
 
 def resample(signal: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:

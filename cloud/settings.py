@@ -27,7 +27,9 @@ class WorkerSettings(ServiceSettings):
         10000, ge=1000, le=300000, description="Consumer group session timeout (a dead worker's partitions move)."
     )
     topic_partitions: int = Field(6, ge=1, le=1000, description="Partitions of topics created when missing.")
-    store_url: str = Field(DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store (reconciler).")
+    store_url: str = Field(
+        DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store (reconciler; transcriber: attempt counts)."
+    )
     engine: str = Field("transformers", description="Transcription engine plugin (its type_key): transformers.")
     model_dir: Path = Field(
         default_factory=lambda: models_dir() / "tiny.en" / "hf",
@@ -40,6 +42,12 @@ class WorkerSettings(ServiceSettings):
     max_new_tokens: int = Field(200, ge=1, le=440, description="Most tokens generated per segment.")
     batch_size: int = Field(8, ge=1, le=256, description="Most segments transcribed in one engine call.")
     max_wait_ms: int = Field(200, ge=0, le=60000, description="Longest wait to fill a batch after its first segment.")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Transcriber: a segment in hand this many times when the worker process died is dead-lettered.",
+    )
     worker_name: str = Field(
         default_factory=socket.gethostname,
         description="This worker instance's name, written into each transcript.",

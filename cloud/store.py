@@ -300,6 +300,16 @@ class Store:
             ).first()
         return other is not None
 
+    def attempts(self, keys: list[SegmentKey]) -> dict[SegmentKey, int]:
+        """The counted attempts of those of these segments that have any."""
+        if not keys:
+            return {}
+        query = select(segment_attempts.c.agent_id, segment_attempts.c.segment_id, segment_attempts.c.attempts).where(
+            _keys(segment_attempts, list(dict.fromkeys(keys)))
+        )
+        with self._reader.connect() as conn:
+            return {(r.agent_id, r.segment_id): int(r.attempts) for r in conn.execute(query)}
+
     def take_attempts(self, keys: list[SegmentKey]) -> dict[SegmentKey, int]:
         """Count one more attempt at each segment, durably, before a worker takes them in hand; how
         many attempts each has had, this one included. Counts survive the worker (a crash mid-batch

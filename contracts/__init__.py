@@ -5,6 +5,7 @@ from contracts.ids import new_segment_id
 from contracts.messages import (
     AgentConfig,
     Audio,
+    AudioCodec,
     CloudTranscript,
     DeadLetter,
     Draft,
@@ -27,6 +28,7 @@ from contracts.topics import Down, Kafka, Up, mqtt_filter, mqtt_topic, parse_mqt
 __all__ = [
     "AgentConfig",
     "Audio",
+    "AudioCodec",
     "CloudTranscript",
     "DeadLetter",
     "DecodeError",

@@ -60,6 +60,17 @@ SAMPLE_RATES_HZ = (8_000, 48_000)
 MAX_CHANNELS = 2
 """Audio channels: mono or stereo."""
 
+AUDIO_CODECS = ("opus", "flac", "pcm_s16le")
+"""Audio codecs of a segment: Opus in Ogg, FLAC, raw PCM16 little-endian (the default, for old
+producers)."""
+
+OPUS_SAMPLE_RATES_HZ = (8_000, 12_000, 16_000, 24_000, 48_000)
+"""The only sample rates Opus encodes and decodes natively."""
+
+MAX_AUDIO_SAMPLES = 48_000 * 600
+"""Samples per channel a segment's audio may declare (``samples``): ten minutes at the highest
+rate (the bridge narrows the duration to its ``max_audio_s``)."""
+
 MAX_IMAGE_SIDE = 8_192
 """Pixels on either side of an image (the bridge narrows it further)."""
 

@@ -26,7 +26,9 @@ from pydantic import (
     StringConstraints,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -150,23 +152,72 @@ class Transcript(_Model):
 
 # --- payloads ---------------------------------------------------------------------------
 
-class Audio(_Model):
-    """Mono or multi-channel PCM audio."""
+AudioCodec = Literal["opus", "flac", "pcm_s16le"]
+"""How a segment's audio is encoded (:data:`contracts.bounds.AUDIO_CODECS`)."""
 
-    codec: Literal["pcm_s16le"] = "pcm_s16le"
-    sample_rate: int = Field(ge=bounds.SAMPLE_RATES_HZ[0], le=bounds.SAMPLE_RATES_HZ[1])
+
+class Audio(_Model):
+    """Mono or stereo audio: Ogg Opus (what agents send by default), FLAC, or raw PCM16.
+
+    ``samples`` (per channel) says how long compressed audio is, so that a receiver (the bridge's
+    length check, a duration anywhere) never has to decode it; a producer that lies about it is
+    caught where the audio is decoded (:mod:`runtime.audiocodec` checks the count). Raw PCM16 needs
+    no ``samples``: its length is that of the data, and if given it must agree.
+    """
+
+    codec: AudioCodec = Field(
+        default="pcm_s16le",
+        description="opus (Ogg Opus), flac, or pcm_s16le (raw signed 16-bit little-endian, interleaved).",
+    )
+    sample_rate: int = Field(
+        ge=bounds.SAMPLE_RATES_HZ[0],
+        le=bounds.SAMPLE_RATES_HZ[1],
+        description=f"Samples per second; opus only at {', '.join(map(str, bounds.OPUS_SAMPLE_RATES_HZ))}.",
+    )
     channels: int = Field(default=1, ge=1, le=bounds.MAX_CHANNELS)
+    samples: int | None = Field(
+        default=None,
+        ge=0,
+        le=bounds.MAX_AUDIO_SAMPLES,
+        validate_default=True,
+        description="Samples per channel: required for opus and flac; for pcm_s16le optional and equal to the data's.",
+    )
     data: Base64Bytes
+
+    # field validators (not one for the model) so that a refusal names the field: audio.sample_rate …
+    @field_validator("sample_rate")
+    @classmethod
+    def _opus_rate(cls, rate: int, info: ValidationInfo) -> int:
+        if info.data.get("codec") == "opus" and rate not in bounds.OPUS_SAMPLE_RATES_HZ:
+            raise ValueError(f"opus has no sample rate {rate} (only {bounds.OPUS_SAMPLE_RATES_HZ})")
+        return rate
+
+    @field_validator("samples")
+    @classmethod
+    def _samples_of_compressed_audio(cls, samples: int | None, info: ValidationInfo) -> int | None:
+        codec = info.data.get("codec")
+        if samples is None and codec in ("opus", "flac"):
+            raise ValueError(f"{codec} audio needs samples (per channel)")
+        return samples
 
     @model_validator(mode="after")
     def _whole_frames(self) -> Audio:
-        if len(self.data) % (2 * self.channels):
-            raise ValueError("pcm_s16le data is not a whole number of frames")
+        if self.codec == "pcm_s16le":
+            if len(self.data) % (2 * self.channels):
+                raise ValueError("pcm_s16le data is not a whole number of frames")
+            frames = len(self.data) // (2 * self.channels)
+            if self.samples is not None and self.samples != frames:
+                raise ValueError(f"samples ({self.samples}) differs from the pcm_s16le data's {frames}")
         return self
 
     @property
+    def frames(self) -> int:
+        """Samples per channel: ``samples``, or for PCM16 without it, the data's."""
+        return self.samples if self.samples is not None else len(self.data) // (2 * self.channels)
+
+    @property
     def duration_s(self) -> float:
-        return len(self.data) / (2 * self.channels * self.sample_rate)
+        return self.frames / self.sample_rate
 
 
 class Image(_Model):
@@ -297,7 +348,14 @@ class Status(_Model):
     asr_rtf: float | None = Field(default=None, ge=0, description="Real-time factor of recent local transcriptions.")
     quota_full: bool = Field(default=False, description="The outbox quota is reached and its policy applies.")
     dropped_segments: Count = Field(
-        default=0, description="Segments whose audio the quota policy dropped, or that it refused."
+        default=0, description="Segments whose audio the quota policy dropped, or that it refused or deleted."
+    )
+    quarantined: Count = Field(
+        default=0, description="Segments the bridge refused, kept on the device and not sent again until resent."
+    )
+    quarantined_total: Count = Field(default=0, description="Segments ever quarantined by this device's outbox.")
+    append_failed: Count = Field(
+        default=0, description="Segments the device's disk refused to store (full, I/O error) since the agent started."
     )
     config_version: Version | None = Field(
         default=None, description="Version of the last configuration the agent applied (None: none yet)."

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 
 from runtime.logs import configure
@@ -20,6 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="read the file as fast as possible, not in real time")
     parser.add_argument("--list-devices", action="store_true", help="list audio input devices and exit")
     parser.add_argument("--until-drained", action="store_true", help="exit once the input is captioned and delivered")
+    parser.add_argument("--list-quarantined", action="store_true",
+                        help="print the segments the bridge refused (kept in the outbox) as JSON lines and exit")
+    parser.add_argument("--resend-quarantined", action="store_true",
+                        help="send the segments the bridge refused again (after fixing the cause), then run as usual")
     args = parser.parse_args(argv)
     if args.list_devices:
         configure(args.debug, "agent")
@@ -47,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(settings, int):
         return settings
 
+    if args.list_quarantined:
+        return list_quarantined(settings.outbox.path)
+    if args.resend_quarantined:
+        resend_quarantined(settings.outbox.path)
+
     from edge_agent.agent import STARTUP_ERRORS, Agent
 
     agent = Agent(settings)
@@ -65,6 +76,39 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         agent.stop()
     return 0
+
+
+def list_quarantined(path: Path) -> int:
+    """One JSON object per quarantined segment on stdout (seq, id, reason, detail, times, size)."""
+    if not path.exists():
+        log.info("no outbox at %s: nothing quarantined", path)
+        return 0
+    from edge_agent.outbox import Outbox
+
+    box = Outbox(path)
+    try:
+        for item in box.quarantined():
+            sys.stdout.write(json.dumps(item.to_record()) + "\n")
+    finally:
+        box.close()
+    return 0
+
+
+def resend_quarantined(path: Path) -> int:
+    """Release every quarantined segment of the outbox at ``path`` for sending (before the agent
+    starts, so they go out in seq order with the rest); logged and counted in the outbox."""
+    from edge_agent.outbox import Outbox
+
+    box = Outbox(path)
+    try:
+        held = box.quarantined()
+        released = box.resend_quarantined()
+    finally:
+        box.close()
+    reasons = Counter(item.reason for item in held)
+    log.info("resending %d quarantined segments (%s)", released,
+             ", ".join(f"{n} {reason}" for reason, n in reasons.items()) or "none")
+    return released
 
 
 if __name__ == "__main__":

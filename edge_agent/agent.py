@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 
-from contracts import AgentConfig, Audio, Final, Segment, Transcript, Up, encode, mqtt_topic
+from contracts import AgentConfig, Final, Segment, Transcript, Up, encode, mqtt_topic
 from edge_agent.asr import ModelNotPrepared, create_recognizer
 from edge_agent.captions import CaptionError, CaptionSink
 from edge_agent.capture import SAMPLE_RATE, CaptureError, open_source
@@ -21,11 +21,12 @@ from edge_agent.drafting import Drafter
 from edge_agent.frames import FrameCapture
 from edge_agent.health import Health
 from edge_agent.link import IdentityError, MqttLink
-from edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox, OutboxUnavailable
 from edge_agent.quota import OutboxFull
 from edge_agent.remote import RemoteConfig, config_path
 from edge_agent.settings import AgentSettings
 from edge_agent.vad import SpeechSegment, VadModelMissing, create_segmenter
+from runtime.audiocodec import to_audio
 from runtime.plugins import MissingPackage
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,12 @@ class Agent:
         refused it (policy ``refuse_new_audio``: the caption is still shown locally)."""
         segment_id = speech.segment_id  # chosen by the VAD at onset: early captions already use it
         agent_id = self.settings.agent_id
+        # encoded here, in the ASR thread, once: the quota counts the encoded bytes
+        try:
+            audio = to_audio(speech.pcm, SAMPLE_RATE, 1, self.settings.audio_codec)
+        except Exception:  # never lose a segment to its encoder: PCM16 always works
+            log.exception("encoding segment %s as %s failed: sent as pcm_s16le", segment_id, self.settings.audio_codec)
+            audio = to_audio(speech.pcm, SAMPLE_RATE, 1, "pcm_s16le")
 
         def build(seq: int) -> bytes:
             return encode(
@@ -160,14 +167,14 @@ class Agent:
                     seq=seq,
                     started_at=speech.started_at,
                     ended_at=speech.ended_at,
-                    audio=Audio(sample_rate=SAMPLE_RATE, data=speech.pcm),
+                    audio=audio,
                     draft=draft,  # type: ignore[arg-type]
                 )
             )
 
         try:
-            seq = self.outbox.append(segment_id, mqtt_topic(agent_id, Up.SEGMENTS), build, audio_bytes=len(speech.pcm))
-        except OutboxFull as exc:
+            seq = self.outbox.append(segment_id, mqtt_topic(agent_id, Up.SEGMENTS), build, audio_bytes=len(audio.data))
+        except (OutboxFull, OutboxUnavailable) as exc:  # quota, or a full disk: counted by the outbox
             log.warning("segment %s kept only as a local caption: %s", segment_id, exc)
             return -1, segment_id
         self.link.notify()
@@ -189,7 +196,10 @@ class Agent:
                 self.link.publish_status()
                 online = "online" if self.link.connected.is_set() else "offline"
                 muted = " · muted" if self.remote.muted.is_set() else ""
-                self.captions.status(f"{online} · outbox {self.outbox.depth()}{muted}")
+                held = self.outbox.quarantined_count()
+                held_text = f" · {held} quarantined" if held else ""
+                failed = f" · {self.outbox.append_failed} not stored (disk)" if self.outbox.append_failed else ""
+                self.captions.status(f"{online} · outbox {self.outbox.depth()}{held_text}{failed}{muted}")
             except Exception:  # a heartbeat must never stop the agent
                 log.exception("publishing the status failed")
 

@@ -7,8 +7,14 @@ only the oldest unreceipted entry (with backoff) until a receipt shows the way t
 open, then the rest. So a broker never queues a backlog for a bridge that is away, which mosquitto
 may hand over out of order once the bridge returns (seen after a broker restart). A retained
 status with a last will doubles as the heartbeat. Down: receipts (the only thing that deletes from
-the outbox; a PUBACK does not), final captions, and the agent's configuration (retained by the
-broker, so it comes again on every subscribe: the receiver ignores versions it already applied).
+the outbox; a PUBACK does not; a segment the bridge refused is quarantined in the outbox, not
+deleted, and the status is sent at once to say so), final captions, and the agent's configuration
+(retained by the broker, so it comes again on every subscribe: the receiver ignores versions it
+already applied).
+
+The link's threads outlive a failing disk: an outbox call that raises (``database or disk is
+full``) in the publish loop or on a receipt is logged once, counted (``outbox_errors``) and tried
+again within a second or at the next resend, so uploads resume by themselves once space returns.
 
 Authentication: user name + password (or a password file), and/or TLS with a client certificate
 whose common name must be the agent's id (checked at start-up by :func:`check_identity`).
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import random
+import sqlite3
 import ssl
 import threading
 import time
@@ -122,6 +129,7 @@ class MqttLink:
         self._probe_at = 0.0
         self._probe_id: str | None = None  # the entry the current probe sent
         self._last_receipt = 0.0
+        self._failing = False  # the outbox raised on the publish loop's last round (logged once)
         self._thread: threading.Thread | None = None
         self._client = self._make_client()
 
@@ -187,7 +195,11 @@ class MqttLink:
             ]
         )
         client.publish(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=True), qos=1, retain=True)
-        self.outbox.mark_all_unsent()  # resend everything unreceipted, in seq order
+        try:
+            self.outbox.mark_all_unsent()  # resend everything unreceipted, in seq order
+        except sqlite3.Error as exc:  # a full disk: the resend timers and the probe resend them anyway
+            self.counters["outbox_errors"] += 1
+            log.warning("cannot mark the outbox unsent after the connect: %s", exc)
         self._probing, self._probe_at, self._probe_id = True, 0.0, None  # the oldest alone, until its receipt
         self.connected.set()
         self._wake.set()
@@ -234,8 +246,9 @@ class MqttLink:
             log.warning("unexpected %s on %s", type(message).__name__, msg.topic)
 
     def _on_receipt(self, receipt: Receipt) -> None:
-        for rejection in receipt.rejected:
-            log.error("bridge rejected segment %s: %s %s", rejection.segment_id, rejection.reason, rejection.detail)
+        """Accepted segments leave the outbox; refused ones stay in it, quarantined. If the outbox
+        cannot be written (a full disk), the receipt is lost: the entries are resent later and the
+        bridge receipts them again (it deduplicates)."""
         self.counters["receipts"] += 1
         named = {*receipt.accepted, *(r.segment_id for r in receipt.rejected)}
         # only the probe's own receipt opens the way: one queued in our session before a broker
@@ -245,35 +258,69 @@ class MqttLink:
         self._last_receipt = time.monotonic()
         self.counters["receipted"] += len(receipt.accepted)
         self.counters["rejected"] += len(receipt.rejected)
-        removed = self.outbox.remove([*receipt.accepted, *(r.segment_id for r in receipt.rejected)])
-        self.counters["duplicate_receipts"] += len(receipt.accepted) + len(receipt.rejected) - removed
         self._wake.set()
+        try:
+            removed = self.outbox.remove(receipt.accepted) if receipt.accepted else 0
+            quarantined = self.outbox.quarantine(
+                (r.segment_id, r.reason.value, r.detail) for r in receipt.rejected
+            ) if receipt.rejected else 0
+        except sqlite3.Error as exc:
+            self.counters["outbox_errors"] += 1
+            log.error("cannot record a receipt of %d segments in the outbox (they will be resent): %s",
+                      len(named), exc)
+            return
+        self.counters["duplicate_receipts"] += len(receipt.accepted) - removed
+        self.counters["quarantined"] += quarantined
+        for rejection in receipt.rejected:
+            log.error("bridge refused segment %s (%s: %s): kept in quarantine, not sent again until "
+                      "`edgecap agent --resend-quarantined`", rejection.segment_id, rejection.reason.value,
+                      rejection.detail)
+        if quarantined:
+            self.publish_status()  # the operator sees it now, not at the next heartbeat
 
     # --- publishing (own thread) ------------------------------------------------------------
 
     def _publish_loop(self) -> None:
+        """Publish what is due until stopped; an outbox error (a full disk) costs one round, so
+        sending resumes within a second of the disk taking writes again."""
         while not self._stop.is_set():
-            next_due = self.outbox.next_due_in_s() if self.connected.is_set() else None
-            if self._probing:
-                next_due = max(0.0, self._probe_at - time.monotonic())
-            self._wake.wait(1.0 if next_due is None else min(1.0, next_due + 0.01))
-            self._wake.clear()
-            if not self.connected.is_set():
-                continue
-            if self._probing:
-                self._probe()
-                continue
-            room = self.max_in_flight - self.outbox.in_flight()
-            if room <= 0:
-                continue
-            entries = self.outbox.due(room)
-            silent = time.monotonic() - self._last_receipt > self.resend_after_s
-            if silent and any(entry.attempts for entry in entries):  # no receipts at all: is the way open?
-                log.info("no receipt for seq %d in time: probing before sending more",
-                         next(e.seq for e in entries if e.attempts))
-                self._start_probing()
-                continue
-            self._publish(entries)
+            try:
+                self._publish_round()
+            except (sqlite3.Error, OSError) as exc:
+                self.counters["outbox_errors"] += 1
+                if not self._failing:
+                    log.error("publishing from the outbox failed (retrying every second): %s", exc)
+                self._failing = True
+                if not self._probing:  # one entry at a time, with backoff, until the outbox records sends
+                    self._start_probing()
+                self._stop.wait(1.0)
+            else:
+                if self._failing:
+                    log.info("publishing from the outbox works again")
+                self._failing = False
+
+    def _publish_round(self) -> None:
+        next_due = self.outbox.next_due_in_s() if self.connected.is_set() else None
+        if self._probing:
+            next_due = max(0.0, self._probe_at - time.monotonic())
+        self._wake.wait(1.0 if next_due is None else min(1.0, next_due + 0.01))
+        self._wake.clear()
+        if not self.connected.is_set():
+            return
+        if self._probing:
+            self._probe()
+            return
+        room = self.max_in_flight - self.outbox.in_flight()
+        if room <= 0:
+            return
+        entries = self.outbox.due(room)
+        silent = time.monotonic() - self._last_receipt > self.resend_after_s
+        if silent and any(entry.attempts for entry in entries):  # no receipts at all: is the way open?
+            log.info("no receipt for seq %d in time: probing before sending more",
+                     next(e.seq for e in entries if e.attempts))
+            self._start_probing()
+            return
+        self._publish(entries)
 
     def _start_probing(self) -> None:
         self._probing, self._probe_at, self._probe_id = True, 0.0, None
@@ -288,9 +335,12 @@ class MqttLink:
         if not entries:
             self._probing = False  # nothing waits: the next append goes out normally
             return
-        if self._publish(entries):
-            self._probe_id = entries[0].segment_id
-            self._probe_at = time.monotonic() + self.backoff(entries[0].attempts + 1)
+        previous = self._probe_id, self._probe_at
+        # set before publishing: if the outbox cannot record the send (a full disk), the backoff holds
+        self._probe_id = entries[0].segment_id
+        self._probe_at = time.monotonic() + self.backoff(entries[0].attempts + 1)
+        if not self._publish(entries):
+            self._probe_id, self._probe_at = previous
 
     def _publish(self, entries: list[Entry]) -> bool:
         """Publish in seq order; True if all of them went out."""
@@ -308,10 +358,12 @@ class MqttLink:
         return len(sent) == len(entries)
 
     def status(self, *, online: bool = True) -> Status:
-        """This agent's status now: outbox, quota and (with a health object) process figures."""
+        """This agent's status now: outbox, quota, quarantine, failed appends and (with a health
+        object) process figures."""
         if not online:
             return Status(agent_id=self.agent_id, online=False, at=time.time())
         dropped = self.outbox.counters()
+        held = self.outbox.quarantine_counters()
         health = self.health
         config_version, muted = self.config_state() if self.config_state is not None else (None, False)
         return Status(
@@ -321,7 +373,11 @@ class MqttLink:
             queue_depth=self.outbox.depth(),
             oldest_age_s=self.outbox.oldest_age_s(),
             quota_full=self.outbox.quota_full(),
-            dropped_segments=dropped["dropped_audio_segments"] + dropped["refused_segments"],
+            dropped_segments=dropped["dropped_audio_segments"] + dropped["refused_segments"]
+            + held["dropped_quarantined"],
+            quarantined=self.outbox.quarantined_count(),
+            quarantined_total=held["quarantined_total"],
+            append_failed=self.outbox.append_failed,
             uptime_s=health.uptime_s() if health else None,
             cpu_percent=health.cpu_percent() if health else None,
             rss_mb=health.rss_mb() if health else None,

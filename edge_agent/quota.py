@@ -74,6 +74,6 @@ def strip_audio(payload: bytes) -> bytes | None:
         segment = decode(payload, Segment, max_bytes=len(payload) + 1)
     except DecodeError:
         return None
-    empty = Audio(codec=segment.audio.codec, sample_rate=segment.audio.sample_rate, channels=segment.audio.channels,
-                  data=b"")
+    # empty PCM16 whatever the codec was: no compressed codec has a valid empty stream
+    empty = Audio(sample_rate=segment.audio.sample_rate, channels=segment.audio.channels, data=b"")
     return encode(segment.model_copy(update={"audio": empty}))

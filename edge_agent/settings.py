@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
+from contracts import AudioCodec
 from edge_agent.quota import FullPolicy, Quota
 from runtime.settings import Group, MqttSettings, ServiceSettings, models_dir
 
@@ -147,6 +148,10 @@ class AgentSettings(ServiceSettings):
     outbox: OutboxSettings = Field(default_factory=OutboxSettings, description="Durable outbox.")
     captions: CaptionSettings = Field(default_factory=CaptionSettings, description="Local caption outputs.")
     heartbeat_s: float = Field(10.0, gt=0, description="Status heartbeat interval.")
+    audio_codec: AudioCodec = Field(
+        "opus",
+        description="Codec of uploaded audio: opus (Ogg Opus, ~1/10 of PCM16), flac (lossless, ~1/2) or pcm_s16le.",
+    )
 
     @model_validator(mode="after")
     def _identity(self) -> AgentSettings:

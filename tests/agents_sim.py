@@ -24,7 +24,7 @@ from typing import Any
 from support import REPO, bridge_settings, make_segment, service_env
 
 from cloud.settings import WorkerSettings
-from contracts import Up, encode, mqtt_topic, new_segment_id
+from contracts import Final, Up, encode, mqtt_topic, new_segment_id
 from devtools.brokers import Mosquitto
 from edge_agent.link import MqttLink
 from edge_agent.outbox import Outbox
@@ -53,12 +53,14 @@ class SimAgent:
             agent_id,
             MqttSettings(port=mqtt_port, session_expiry_s=600, keepalive_s=5),
             self.outbox,
-            on_final=lambda _final: None,
+            on_final=self._on_final,
             resend_after_s=resend_after_s,
             resend_max_s=resend_max_s,
             max_in_flight=max_in_flight,
         )
         self.committed: list[tuple[int, str]] = []  # (seq, segment_id), in commit order
+        self.finals: dict[str, list[Final]] = {}  # segment_id -> the finals that came back, in order
+        self._finals_lock = threading.Lock()
         self.link.start()
 
     def commit(self) -> str:
@@ -72,6 +74,15 @@ class SimAgent:
         self.committed.append((seq, segment_id))  # append returned: the segment is committed
         self.link.notify()
         return segment_id
+
+    def _on_final(self, final: Final) -> None:
+        with self._finals_lock:
+            self.finals.setdefault(final.segment_id, []).append(final)
+
+    def finals_back(self) -> int:
+        """How many of its segments have had a final back."""
+        with self._finals_lock:
+            return len(self.finals)
 
     def close(self) -> None:
         self.link.stop()

@@ -27,13 +27,19 @@ class CaptionError(RuntimeError):
 
 
 def write_atomically(path: Path, parts: Iterable[str]) -> None:
-    """Replace ``path`` with ``parts`` so that a reader, or a crash, sees the old file or the new one."""
+    """Replace ``path`` with ``parts`` so that a reader, or a crash, sees the old file or the new one.
+    On failure (a full disk: ENOSPC) the old file stays and the partial temp file is removed, so
+    it holds no space; the OSError goes to the caller."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(parts)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(parts)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -66,6 +72,7 @@ class CaptionFiles:
             self._events: TextIO | None = self.events_path.open("a", encoding="utf-8")
         except OSError as exc:
             raise CaptionError(f"caption directory {self.dir} is not writable: {exc}") from exc
+        self._closed = False
         # segment id -> (SRT block without its number, VTT cue, JSON line); dropped when it changes
         self._rendered: dict[str, tuple[str | None, str | None, str]] = {}
 
@@ -111,13 +118,30 @@ class CaptionFiles:
         _fsync_dir(self.dir)
 
     def append_event(self, event: dict[str, Any]) -> None:
-        """One line in ``captions.events.jsonl`` (flushed, not fsynced: the JSONL file is the record)."""
-        if self._events is None:
+        """One line in ``captions.events.jsonl`` (flushed, not fsynced: the JSONL file is the record).
+
+        When the disk refuses it (ENOSPC) the line is dropped, the file closed and the OSError
+        raised (the sink counts it); the next event reopens the file, so no half-written buffer
+        is carried over into later lines."""
+        if self._closed:
             return
-        self._events.write(json.dumps(event, ensure_ascii=False) + "\n")
-        self._events.flush()
+        try:
+            if self._events is None:
+                self._events = self.events_path.open("a", encoding="utf-8")
+            self._events.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self._events.flush()
+        except OSError:
+            self._drop_events_file()
+            raise
+
+    def _drop_events_file(self) -> None:
+        events, self._events = self._events, None
+        if events is not None:
+            try:
+                events.close()  # flushes what is buffered: fails again on a full disk, still closes
+            except OSError as exc:
+                log.debug("closing %s: %s", self.events_path, exc)
 
     def close(self) -> None:
-        if self._events is not None:
-            self._events.close()
-            self._events = None
+        self._closed = True
+        self._drop_events_file()

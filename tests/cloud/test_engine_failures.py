@@ -17,6 +17,7 @@ from support import make_segment, read_keyed, unique, wait_until
 
 from cloud.asr import TranscriptionEngine
 from cloud.settings import WorkerSettings
+from cloud.store import Store
 from cloud.transcribe import TranscribeWorker
 from contracts import CloudTranscript, DeadLetter, Kafka, Reason, Segment, Transcript, decode, encode
 from devtools.brokers import Tansu
@@ -59,7 +60,7 @@ class Running:
             batch_size=batch_size,
             max_wait_ms=300,
         )
-        self.worker = TranscribeWorker(settings, engine)
+        self.worker = TranscribeWorker(settings, engine, Store("sqlite://"))  # attempt counts in memory
         self.worker.retry_pause_s, self.worker.max_retry_pause_s = 0.1, 0.4
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.worker.run, args=(self.stop,), daemon=True)

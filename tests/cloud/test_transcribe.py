@@ -17,6 +17,7 @@ from confluent_kafka import Consumer, Producer
 from cloud.asr import TranscriptionEngine, create_engine
 from cloud.audio import to_float32
 from cloud.settings import WorkerSettings
+from cloud.store import Store
 from cloud.transcribe import TranscribeWorker
 from contracts import Audio, CloudTranscript, DeadLetter, Kafka, Segment, Transcript, decode, encode, new_segment_id
 from devtools import SAMPLES_DIR
@@ -139,7 +140,7 @@ def test_worker_batches_segments_and_dead_letters_garbage(broker: Tansu, engine:
         max_wait_ms=500,
         worker_name="test-worker",
     )
-    worker = TranscribeWorker(settings, engine)
+    worker = TranscribeWorker(settings, engine, Store("sqlite://"))  # attempt counts in memory
     stop = threading.Event()
     thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
     thread.start()
@@ -168,6 +169,82 @@ def test_worker_batches_segments_and_dead_letters_garbage(broker: Tansu, engine:
         got = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 1, {late.segment_id}, 60)]
         assert len(got) == 1 and wer(reference, got[0].transcript.text) <= 0.25, got
         assert worker.tally["transcribed"] == 4
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()
+
+
+def first_dead_letter_of(broker: Tansu, payload: bytes, timeout_s: float) -> DeadLetter:
+    """The first dead letter on ``edgecap.deadletter`` whose payload is ``payload`` (others, from
+    earlier tests on this module's broker, are passed over)."""
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"test-{uuid.uuid4()}",
+                         "auto.offset.reset": "earliest", "session.timeout.ms": 2000, "heartbeat.interval.ms": 500})
+    consumer.subscribe([Kafka.DEADLETTER])
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None or msg.error() is not None:
+                continue
+            if (letter := decode(msg.value(), DeadLetter)).payload == payload:
+                return letter
+    finally:
+        consumer.close()
+    raise AssertionError(f"no dead letter of that payload within {timeout_s} s")
+
+
+@pytest.mark.integration
+@pytest.mark.models
+def test_worker_reads_opus_and_flac_and_dead_letters_audio_that_does_not_decode(engine: TranscriptionEngine) -> None:
+    """Issue 9 §6: what agents send by default (Ogg Opus) and FLAC are transcribed as well as PCM; a
+    well-formed segment whose audio does not decode is dead-lettered as bad_audio, counted, and the
+    rest of its batch goes on. A broker of its own: the counts are this test's alone."""
+    with Tansu() as broker:
+        opus_flac_and_corrupt_through(broker, engine)
+
+
+def opus_flac_and_corrupt_through(broker: Tansu, engine: TranscriptionEngine) -> None:
+    from runtime.audiocodec import to_audio
+
+    items = utterances()
+    opus, flac = (
+        segment(10 + i, pcm).model_copy(update={"audio": to_audio(pcm.tobytes(), 16000, 1, codec)})
+        for i, (codec, (_, pcm)) in enumerate(zip(("opus", "flac"), items[:2], strict=True))
+    )
+    good = opus.audio.data
+    damaged = good[:200] + bytes(b ^ 0xFF for b in good[200:600]) + good[600:]
+    corrupt = segment(12, items[2][1]).model_copy(update={"audio": opus.audio.model_copy(update={"data": damaged})})
+    corrupt_raw = encode(corrupt)
+    assert decode(corrupt_raw, Segment).audio.codec == "opus"  # a valid message: only its audio is bad
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "acks": "all", "enable.idempotence": True})
+    for raw in (corrupt_raw, encode(opus), encode(flac)):
+        producer.produce(Kafka.SEGMENTS, value=raw, key=AGENT.encode())
+    assert producer.flush(10) == 0
+
+    settings = WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
+        group=f"edgecap-transcribe-test-{uuid.uuid4()}",
+        session_timeout_ms=2000,
+        topic_partitions=2,
+        batch_size=8,
+        max_wait_ms=500,
+        worker_name="test-worker",
+    )
+    worker = TranscribeWorker(settings, engine, Store("sqlite://"))  # attempt counts in memory
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        ids = {opus.segment_id, flac.segment_id}
+        transcripts = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 2, ids, 60)]
+        out = {t.segment_id: t for t in transcripts}
+        assert set(out) == ids
+        for s, (reference, _) in zip((opus, flac), items[:2], strict=True):
+            assert wer(reference, out[s.segment_id].transcript.text) <= 0.15, (reference, out[s.segment_id])
+        letter = first_dead_letter_of(broker, corrupt_raw, 20)
+        assert letter.reason == "bad_audio" and "opus audio does not decode" in letter.detail, letter
+        assert worker.tally["dead_letter"] == 1 and worker.tally["transcribed"] == 2
     finally:
         stop.set()
         thread.join(30)

@@ -172,7 +172,7 @@ def store_and_read_back(store: Store, draft: c.Draft, transcript: c.CloudTranscr
     assert store.upsert_draft(draft) is True
     final = store.record_final(transcript, reconcile)
     assert final is not None
-    row = store.get(draft.segment_id)
+    row = store.get((draft.agent_id, draft.segment_id))
     assert row is not None and row["draft"] is not None and row["final"] is not None
     assert (row["agent_id"], row["seq"], row["started_at"], row["ended_at"]) == (
         draft.agent_id, draft.seq, draft.started_at, draft.ended_at,
@@ -185,8 +185,8 @@ def store_and_read_back(store: Store, draft: c.Draft, transcript: c.CloudTranscr
         expected.text, expected.source, expected.version,
     )
     assert row["final"]["produced_at"] == transcript.transcript.produced_at
-    assert store.unpublished_final(draft.segment_id) == final  # the Final as sent, read back whole
-    assert [(v["version"], v["text"]) for v in store.versions(draft.segment_id)] == [
+    assert store.unpublished_final((draft.agent_id, draft.segment_id)) == final  # the Final as sent, read back whole
+    assert [(v["version"], v["text"]) for v in store.versions((draft.agent_id, draft.segment_id))] == [
         (1, draft.draft.text.strip()), (2, expected.text),
     ]
 
@@ -245,6 +245,11 @@ def _others() -> list[tuple[c.messages._Model, list[Edge]]]:
             *HEADER_EDGES,
             _int_edge("sample_rate", ("audio", "sample_rate"), *b.SAMPLE_RATES_HZ),
             Edge("channels", (("audio", "channels"),), (lambda: 1, lambda: 2), (lambda: 0, lambda: 3)),
+        ]),
+        (_segment().model_copy(update={"audio": c.Audio(codec="opus", sample_rate=16000, samples=1, data=b"OggS")}), [
+            _int_edge("samples", ("audio", "samples"), 0, b.MAX_AUDIO_SAMPLES),
+            Edge("sample_rate", (("audio", "sample_rate"),), tuple((lambda r=r: r) for r in b.OPUS_SAMPLE_RATES_HZ),
+                 (lambda: 44_100, lambda: 22_050, lambda: 7_999)),
         ]),
         (c.Frame(agent_id="cam-1", segment_id="f-1", seq=1, captured_at=now,
                  image=c.Image(width=1, height=1, data=b"\xff\xd8\xff")), [

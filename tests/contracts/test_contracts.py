@@ -60,6 +60,35 @@ def test_every_message_type_round_trips() -> None:
         assert c.decode(c.encode(m)) == m
 
 
+def test_audio_codecs_on_the_wire() -> None:
+    """The codec field (issue 9 §6): old producers' segments (no codec, no samples) still decode as
+    PCM16; compressed audio carries its sample count, so the duration needs no decoding."""
+    assert c.messages.AudioCodec.__args__ == c.bounds.AUDIO_CODECS  # type: ignore[attr-defined]
+    old = json.loads(c.encode(segment()))
+    del old["audio"]["codec"], old["audio"]["samples"]
+    legacy = c.decode(json.dumps(old).encode(), c.Segment).audio
+    assert legacy.codec == "pcm_s16le" and legacy.samples is None and legacy.duration_s == pytest.approx(1.0)
+    for codec in ("opus", "flac"):
+        audio = c.Audio(codec=codec, sample_rate=16000, samples=24000, data=b"OggS or fLaC, not checked here")
+        assert c.decode(c.encode(segment(audio=audio)), c.Segment).audio.duration_s == pytest.approx(1.5)
+        with pytest.raises(ValueError, match=f"{codec} audio needs samples"):
+            c.Audio(codec=codec, sample_rate=16000, data=b"x")
+    assert c.Audio(sample_rate=8000, samples=2, data=b"\x00" * 4).duration_s == pytest.approx(2 / 8000)
+    refused = {
+        "samples of PCM that differ from its data": dict(codec="pcm_s16le", samples=3, data="AAAAAA=="),
+        "opus at a rate Opus lacks": dict(codec="opus", sample_rate=22050, samples=1),
+        "a codec nobody knows": dict(codec="mp3", samples=1),
+        "more samples than the bound": dict(codec="flac", samples=c.bounds.MAX_AUDIO_SAMPLES + 1),
+        "negative samples": dict(codec="flac", samples=-1),
+    }
+    for name, audio in refused.items():
+        raw = json.loads(c.encode(segment()))
+        raw["audio"].update(audio)
+        with pytest.raises(c.DecodeError) as info:
+            c.decode(json.dumps(raw).encode(), c.Segment)
+        assert info.value.reason is c.Reason.INVALID and info.value.detail.startswith("audio"), name
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [

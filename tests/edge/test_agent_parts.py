@@ -98,3 +98,50 @@ def test_edge_install_stays_small() -> None:
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+@pytest.mark.models
+def test_the_agent_commits_opus_by_default_and_the_quota_counts_its_bytes(tmp_path: Path, models_dir: Path) -> None:
+    """Issue 9 §6: the real agent on the bundled recording, with no network, stores every segment
+    with Ogg Opus audio (its sample count on the wire, so nobody decodes to know its length), and the
+    outbox's quota counts the encoded bytes, not the PCM16 it came from."""
+    import sqlite3
+
+    from contracts import Segment, decode
+    from devtools.brokers import free_port
+    from edge_agent.agent import Agent
+    from runtime.audiocodec import decode_audio
+
+    settings = AgentSettings.model_validate({
+        "agent_id": "pi-opus",
+        "mqtt": {"host": "127.0.0.1", "port": free_port()},  # nothing listens: the outbox keeps it all
+        "input": {"source": "file", "file": str(SAMPLE), "realtime": False},
+        "outbox": {"path": str(tmp_path / "outbox.sqlite3")},
+        "captions": {"dir": str(tmp_path / "captions"), "terminal": False},
+    })
+    assert settings.audio_codec == "opus"
+    agent = Agent(settings)
+    try:
+        agent.start()
+        assert agent.input_done.wait(120), "the recording was not captioned"
+    finally:
+        agent.stop()
+    with sqlite3.connect(tmp_path / "outbox.sqlite3") as db:
+        rows = db.execute("SELECT audio_bytes, payload FROM outbox ORDER BY seq").fetchall()
+    assert len(rows) == agent.captioned >= 3
+    for audio_bytes, payload in rows:
+        audio = decode(payload, Segment).audio
+        assert (audio.codec, audio.sample_rate, audio.channels) == ("opus", 16000, 1)
+        assert audio.data[:4] == b"OggS" and audio_bytes == len(audio.data)
+        assert audio_bytes < audio.frames * 2 / 8, "Opus is under 1/8 of PCM16"
+        assert decode_audio(audio).shape == (audio.frames, 1)
+
+
+@pytest.mark.parametrize("codec", ["flac", "pcm_s16le"])
+def test_the_audio_codec_setting(tmp_path: Path, codec: str) -> None:
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'audio_codec = "{codec}"\n')
+    assert AgentSettings.load(cfg).audio_codec == codec
+    cfg.write_text('audio_codec = "mp3"\n')
+    with pytest.raises(ConfigError, match="audio_codec"):
+        AgentSettings.load(cfg)

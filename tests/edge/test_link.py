@@ -82,9 +82,9 @@ def test_receipts_delete_and_order_is_kept(tmp_path: Path, mosquitto: Mosquitto)
     box = Outbox(tmp_path / "o.db")
     finals: list[Final] = []
     link = MqttLink("link-a", MqttSettings(port=mosquitto.port), box, on_final=finals.append, resend_after_s=30)
+    ids = commit_segments(box, "link-a", 20)  # waiting before the connect: else the probe may find none
     link.start()
     try:
-        ids = commit_segments(box, "link-a", 20)
         link.notify()
         wait_until(lambda: len(peer.received) >= 1, 10, "the first segment")
         # a status sent now arrives after anything the link published before it
@@ -102,8 +102,9 @@ def test_receipts_delete_and_order_is_kept(tmp_path: Path, mosquitto: Mosquitto)
         assert box.depth() == 19  # PUBACKs are not receipts
         peer.send(Receipt(agent_id="link-a", accepted=ids[1:15],
                           rejected=[Rejection(segment_id=ids[15], reason="bad_audio")], issued_at=time.time()))
-        wait_until(lambda: box.depth() == 4, 10, "15 receipted and 1 rejected segment deleted")
+        wait_until(lambda: box.depth() == 4, 10, "15 receipted segments deleted and 1 rejected quarantined")
         assert [e.segment_id for e in box.due(10, 0)] == ids[16:]
+        assert [(q.segment_id, q.reason) for q in box.quarantined()] == [(ids[15], "bad_audio")]  # kept, not sent
         assert link.counters["receipted"] == 15 and link.counters["rejected"] == 1
         assert link.counters["published"] == 20 and link.counters["resent"] == 0
         t = Transcript(text="final text", model_id="cloud", produced_at=3.0)
