@@ -7,11 +7,9 @@ import logging
 
 from bridge.app import Bridge
 from bridge.settings import BridgeSettings
-from runtime.service import add_common_options, prepare, stop_on_signals
+from runtime.service import EXIT_BROKEN, add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger("bridge")
-
-EXIT_BROKEN = 70  # EX_SOFTWARE: a thread died; the supervisor restarts the bridge
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from collections import Counter
 from pathlib import Path
 
 from runtime.logs import configure
-from runtime.service import add_common_options, prepare, stop_on_signals
+from runtime.service import EXIT_BROKEN, add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger("edge_agent")
 
@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         while not agent.stop_event.wait(0.2):
+            if agent.watchdog.died.is_set():
+                log.error("exiting: %s", agent.watchdog.failure)
+                return EXIT_BROKEN
             if args.until_drained and agent.drained():
                 log.info("input captioned and delivered; exiting")
                 break

@@ -5,6 +5,10 @@ finished utterances go through an unbounded queue to the ASR thread, which shows
 and commits segment + draft to the outbox; the MQTT link drains the outbox whenever it can.
 Configuration from the cloud (mute, heartbeat, VAD mode, log level) is applied live by
 :class:`~edge_agent.remote.RemoteConfig`, loaded from disk before capture starts.
+
+Every thread of the agent (its own and the link's publish loop) runs under one
+:class:`~runtime.service.Watchdog`: a thread that dies of an unexpected error stops the agent,
+which exits with ``EXIT_BROKEN`` (70) for systemd to restart it, never running on half alive.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 
 from contracts import AgentConfig, Final, Segment, Transcript, Up, encode, mqtt_topic
 from edge_agent.asr import ModelNotPrepared, create_recognizer
@@ -28,6 +33,7 @@ from edge_agent.settings import AgentSettings
 from edge_agent.vad import SpeechSegment, VadModelMissing, create_segmenter
 from runtime.audiocodec import to_audio
 from runtime.plugins import MissingPackage
+from runtime.service import Watchdog
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,7 @@ class Agent:
         self.input_done = threading.Event()
         self._segments: queue.Queue[object] = queue.Queue()
         self._threads: list[threading.Thread] = []
+        self.watchdog = Watchdog()
         self.captioned = 0
 
     # --- lifecycle --------------------------------------------------------------------------
@@ -76,6 +83,7 @@ class Agent:
             max_in_flight=s.outbox.max_in_flight,
             resend_max_s=s.outbox.resend_max_s,
             health=self.health,
+            watchdog=self.watchdog,
         )
         self.link.start()
         self.drafter = Drafter(
@@ -116,10 +124,8 @@ class Agent:
         """Input finished, every utterance captioned, and every segment receipted."""
         return self.input_done.is_set() and self._segments.empty() and self.outbox.depth() == 0
 
-    def _spawn(self, name: str, target: object) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)  # type: ignore[arg-type]
-        thread.start()
-        self._threads.append(thread)
+    def _spawn(self, name: str, target: Callable[[], object]) -> None:
+        self._threads.append(self.watchdog.spawn(name, target))
 
     # --- threads ----------------------------------------------------------------------------
 

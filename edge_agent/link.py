@@ -40,6 +40,7 @@ from contracts import AgentConfig, DecodeError, Down, Final, Receipt, Status, Up
 from edge_agent.health import Health
 from edge_agent.outbox import Entry, Outbox
 from runtime.mqttauth import apply_credentials
+from runtime.service import Watchdog
 from runtime.settings import MqttSettings
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,9 @@ class MqttLink:
         max_in_flight: int = 50,
         resend_max_s: float = 300.0,
         health: Health | None = None,
+        watchdog: Watchdog | None = None,
     ) -> None:
+        """``watchdog`` runs the publish loop (the agent's, so that its death stops the agent)."""
         check_identity(agent_id, settings)
         self.agent_id = agent_id
         self.settings = settings
@@ -121,6 +124,7 @@ class MqttLink:
         self.max_in_flight = max_in_flight
         self.backoff = Backoff(resend_after_s, resend_max_s)
         self.health = health
+        self.watchdog = watchdog or Watchdog()
         self.counters: Counter[str] = Counter()
         self.connected = threading.Event()
         self._wake = threading.Event()
@@ -159,8 +163,7 @@ class MqttLink:
             clean_start=False, properties=props,
         )
         self._client.loop_start()
-        self._thread = threading.Thread(target=self._publish_loop, name="mqtt-publish", daemon=True)
-        self._thread.start()
+        self._thread = self.watchdog.spawn("mqtt-publish", self._publish_loop)
 
     def stop(self) -> None:
         self._stop.set()

@@ -91,3 +91,35 @@ def stop_on_signals() -> threading.Event:
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
     return stop
+
+
+EXIT_BROKEN = 70
+"""EX_SOFTWARE: a thread of the service died; the service exits with this so that its supervisor
+(systemd, Kubernetes) restarts it, instead of running on half alive."""
+
+
+class Watchdog:
+    """The threads of one service that must never die quietly.
+
+    A thread started through :meth:`spawn` whose target raises is logged with its traceback and
+    recorded: ``failure`` names it and ``died`` is set, for the service's main loop to exit with
+    :data:`EXIT_BROKEN`. A target that returns (its input ended) is a normal end.
+    """
+
+    def __init__(self) -> None:
+        self.died = threading.Event()
+        self.failure: str | None = None
+
+    def spawn(self, name: str, target: Callable[[], object]) -> threading.Thread:
+        thread = threading.Thread(target=self._run, args=(name, target), name=name, daemon=True)
+        thread.start()
+        return thread
+
+    def _run(self, name: str, target: Callable[[], object]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - recorded, logged, and the process exits
+            log.critical("thread %s died: the service stops so that its supervisor restarts it", name, exc_info=True)
+            if self.failure is None:
+                self.failure = f"thread {name} died: {exc!r}"
+            self.died.set()
