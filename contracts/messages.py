@@ -138,6 +138,17 @@ class TranscriptSegment(_Model):
     words: list[Word] = Field(default_factory=list, max_length=bounds.MAX_WORDS)
 
 
+class Quality(_Model):
+    """Whisper's own signals on a transcript, those its temperature fallback checks: a compression
+    ratio (text bytes over their gzip) above 2.4 means repetition, an average token
+    log-probability below -1 an unsure decode, a high no-speech probability with a low
+    log-probability silence taken for speech."""
+
+    avg_logprob: float = Field(ge=-1e4, le=0, description="Mean log-probability of the generated tokens.")
+    no_speech_prob: float = Field(ge=0, le=1, description="Probability of the no-speech token at the start.")
+    compression_ratio: float = Field(ge=0, le=1e4, description="Bytes of the text over bytes of its gzip.")
+
+
 class Transcript(_Model):
     """Text of one audio segment by one model."""
 
@@ -148,6 +159,7 @@ class Transcript(_Model):
     )
     segments: list[TranscriptSegment] = Field(default_factory=list, max_length=bounds.MAX_SPANS)
     produced_at: UnixTime = Field(description=when("When the text was ready."))
+    quality: Quality | None = Field(default=None, description="Whisper's quality signals, where the engine gives them.")
 
 
 # --- payloads ---------------------------------------------------------------------------
