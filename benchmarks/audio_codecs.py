@@ -131,7 +131,7 @@ def main() -> int:
     from cloud.audio import to_float32
     from cloud.settings import WorkerSettings
 
-    engine = create_engine(WorkerSettings(model_dir=hf, threads=2))
+    engine = create_engine(WorkerSettings(engine="transformers", model_dir=hf, threads=2, beam_size=1))
     engine.transcribe_batch([np.zeros(RATE, dtype=np.float32)])  # warm up
     reference = " ".join(text for _, text in segments)
     for name, audios in encoded.items():

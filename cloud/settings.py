@@ -12,6 +12,11 @@ from pydantic_settings import SettingsConfigDict
 from runtime.settings import KafkaSettings, ServiceSettings, models_dir
 
 DEFAULT_STORE_URL = "sqlite:///edgecap.db"
+CLOUD_MODEL = "tiny.en"
+"""The model the transcriber loads by default (and the demo's): the best measured on the speech
+corpus among what can be had offline (``benchmarks/cloud_model_choice.py``)."""
+CLOUD_BEAM_SIZE = 5
+"""Beam width of that choice."""
 
 
 class WorkerSettings(ServiceSettings):
@@ -30,14 +35,25 @@ class WorkerSettings(ServiceSettings):
     store_url: str = Field(
         DEFAULT_STORE_URL, description="SQLAlchemy URL of the caption store (reconciler; transcriber: attempt counts)."
     )
-    engine: str = Field("transformers", description="Transcription engine plugin (its type_key): transformers.")
-    model_dir: Path = Field(
-        default_factory=lambda: models_dir() / "tiny.en" / "hf",
-        description="Local Hugging Face Whisper directory (<models_dir>/<model>/hf); nothing is downloaded.",
+    engine: str = Field(
+        "ctranslate2", description="Transcription engine plugin (its type_key): ctranslate2, transformers."
     )
-    model_id: str | None = Field(None, description="Model name written into transcripts; default: from model_dir.")
+    model_dir: Path = Field(
+        default_factory=lambda: models_dir() / CLOUD_MODEL,
+        description="A prepared model (<models_dir>/<model>: ctranslate2 loads its ct2/, transformers its hf/), "
+        "or an engine's own folder; nothing is downloaded.",
+    )
+    model_id: str | None = Field(
+        None, description="Model name written into transcripts; default: name@engine-precision:weights hash."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
-    threads: int | None = Field(None, ge=1, le=256, description="CPU inference threads (None: torch's default).")
+    compute_type: Literal["auto", "float16", "int8_float16", "int8", "float32"] = Field(
+        "auto", description="ctranslate2 precision; auto: int8 on CPU, int8_float16 on CUDA."
+    )
+    beam_size: int = Field(CLOUD_BEAM_SIZE, ge=1, le=16, description="Beam search width (1: greedy decoding).")
+    threads: int | None = Field(
+        None, ge=1, le=256, description="CPU inference threads (None: the engine's default, the cores)."
+    )
     language: str | None = Field(None, description="Language code for multilingual models (None: detect).")
     max_new_tokens: int = Field(200, ge=1, le=440, description="Most tokens generated per segment.")
     batch_size: int = Field(8, ge=1, le=256, description="Most segments transcribed in one engine call.")

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cloud.settings import CLOUD_MODEL
 from devtools import SAMPLES_DIR as SAMPLES
 from devtools.brokers import Mosquitto, Tansu, wait_for_port
 from runtime.logs import configure
@@ -62,11 +63,12 @@ class Demo:
 
     def start(self) -> None:
         models = Path(self.args.models_dir).expanduser() / self.args.model
-        for needed in (models / "hf", models / "onnx-int8"):
+        cloud_model = Path(self.args.models_dir).expanduser() / self.args.cloud_model
+        for needed, name in ((models / "onnx-int8", self.args.model), (cloud_model / "ct2", self.args.cloud_model)):
             if not needed.is_dir():
                 raise SystemExit(
                     f"edgecap demo: model missing at {needed}; run: edgecap models prepare "
-                    f"--model {self.args.model} --models-dir {self.args.models_dir}"
+                    f"--model {name} --models-dir {self.args.models_dir}"
                 )
         self.mosquitto = Mosquitto(workdir=self.workdir / "mosquitto").start()
         self.kafka = Tansu(workdir=self.workdir / "tansu").start()
@@ -78,7 +80,7 @@ class Demo:
         worker_env = {
             "EDGECAP_WORKER_KAFKA__BOOTSTRAP_SERVERS": kafka,
             "EDGECAP_WORKER_STORE_URL": self.store_url,
-            "EDGECAP_WORKER_MODEL_DIR": str(models / "hf"),
+            "EDGECAP_WORKER_MODEL_DIR": str(cloud_model),  # the ctranslate2 engine loads its ct2/
         }
         self._spawn("transcribe", ["-m", "cloud", "transcribe"], worker_env)
         self._spawn("reconcile", ["-m", "cloud", "reconcile"], worker_env)
@@ -268,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--timeout", type=float, default=300.0, help="seconds without progress (a new draft or final) before giving up"
     )
-    parser.add_argument("--model", default="tiny.en", help="model name under the models directory")
+    parser.add_argument("--model", default="tiny.en", help="the agent's model (name under the models directory)")
+    parser.add_argument("--cloud-model", default=CLOUD_MODEL,
+                        help="the transcriber's model (the worker's default: benchmarks/cloud_model_choice.py)")
     parser.add_argument(
         "--models-dir", type=Path, default=models_dir(), help="where `edgecap models prepare` put models"
     )

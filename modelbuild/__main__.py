@@ -1,6 +1,6 @@
 """``edgecap models``: prepare Whisper models offline and list what is prepared.
 
-    edgecap models prepare [--model tiny.en|base] [--hf-dir DIR [--name NAME]] [--models-dir DIR] [--force]
+    edgecap models prepare [--model tiny.en|base] [--hf-dir DIR [--name NAME]] [--models-dir DIR] [--no-onnx] [--force]
     edgecap models list [--models-dir DIR]
 
 A command-line tool, not a service: it reports where things are on stdout.
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from contracts.manifest import ModelManifest
+from modelbuild import ct2_weights, sources
 from modelbuild import prepare as prep
-from modelbuild import sources
 from runtime import logs
 from runtime.settings import ConfigError, ModelsSettings
 
@@ -37,11 +37,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edgecap models", description=__doc__.split("\n")[0])
     _common(parser)
     commands = parser.add_subparsers(dest="command")
-    make = commands.add_parser("prepare", help="convert packaged (or local HF) weights: HF checkpoint + int8 ONNX")
+    make = commands.add_parser(
+        "prepare", help="convert packaged (or local HF) weights: HF checkpoint, CTranslate2 weights, int8 ONNX"
+    )
     make.add_argument("--model", default="tiny.en", choices=sources.names(), help="packaged model to prepare")
     make.add_argument("--hf-dir", type=Path, help="use this local Hugging Face Whisper checkpoint instead")
     make.add_argument("--name", help="name for the --hf-dir model (default: the folder's name)")
     make.add_argument("--models-dir", type=Path, help="where models go (default: settings `dir`)")
+    make.add_argument("--no-onnx", action="store_true",
+                      help="skip the edge's int8 ONNX export (a model only the cloud runs)")
     make.add_argument("--force", action="store_true", help="redo every step even if its output exists")
     listing = commands.add_parser("list", help="list prepared models")
     listing.add_argument("--models-dir", type=Path, help="where models are (default: settings `dir`)")
@@ -57,11 +61,18 @@ def _size(path: Path) -> str:
     return f"{sum(f.stat().st_size for f in files) / 1e6:.1f} MB"
 
 
+def _state(path: Path, complete: bool) -> str:
+    """ready; absent (never made: ``--no-onnx``, say); or incomplete (made in part, or damaged)."""
+    return "ready" if complete else "incomplete" if path.exists() else "absent"
+
+
 def _show(paths: prep.ModelPaths) -> None:
-    hf_state = "ready" if prep.hf_complete(paths.hf) else "missing"
-    onnx_state = "ready" if prep.onnx_complete(paths.onnx) else "missing"
+    hf_state = _state(paths.hf, prep.hf_complete(paths.hf))
+    onnx_state = _state(paths.onnx, prep.onnx_complete(paths.onnx))
+    ct2_state = _state(paths.ct2, ct2_weights.complete(paths.ct2))
     sys.stdout.write(f"{paths.name}\n")
     sys.stdout.write(f"  hf         {hf_state:<8} {_size(paths.hf):>10}  {paths.hf}\n")
+    sys.stdout.write(f"  ct2        {ct2_state:<8} {_size(paths.ct2):>10}  {paths.ct2}\n")
     sys.stdout.write(f"  onnx-int8  {onnx_state:<8} {_size(paths.onnx):>10}  {paths.onnx}\n")
     if onnx_state == "ready":
         sys.stdout.write(f"  model_id   {ModelManifest.load(paths.manifest).model_id}\n")
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = args.name or (args.hf_dir.resolve().name if args.hf_dir else args.model)
     try:
-        paths = prep.prepare(name, models_dir, hf_dir=args.hf_dir, force=args.force)
+        paths = prep.prepare(name, models_dir, hf_dir=args.hf_dir, force=args.force, onnx=not args.no_onnx)
     except (prep.PrepareError, sources.MissingModelSource) as exc:
         log.error("%s", exc)
         return 1

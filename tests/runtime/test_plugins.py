@@ -69,7 +69,7 @@ def test_every_kind_registers_its_engines() -> None:
     assert VAD.names() == ["silero", "webrtc"]
     assert VAD.get("webrtc") is WebrtcSegmenter and VAD.get("silero") is SileroSegmenter
     assert EDGE_ASR.names() == ["onnx"] and EDGE_ASR.get("onnx") is OnnxWhisper
-    assert CLOUD_ASR.names() == ["transformers"]
+    assert CLOUD_ASR.names() == ["ctranslate2", "transformers"]
     for registry, base in ((VAD, Segmenter), (EDGE_ASR, SpeechRecognizer), (CLOUD_ASR, TranscriptionEngine)):
         for name in registry:
             assert issubclass(registry.get(name), base) and registry.get(name).type_key == name
@@ -79,7 +79,7 @@ def test_listing_the_engines_imports_no_inference_package() -> None:
     code = """
 import sys
 import cloud.asr, edge_agent.asr, edge_agent.vad
-inference = {"torch", "transformers", "onnxruntime", "tokenizers", "webrtcvad"}
+inference = {"torch", "transformers", "onnxruntime", "tokenizers", "webrtcvad", "ctranslate2", "faster_whisper"}
 heavy = sorted({m.split(".")[0] for m in sys.modules} & inference)
 assert not heavy, heavy
 """
@@ -115,5 +115,5 @@ def test_worker_check_config_refuses_an_unknown_engine(
     monkeypatch.setenv("EDGECAP_WORKER_ENGINE", "transformer")
     assert main(["transcribe", "--check-config"]) == 2
     captured = capsys.readouterr()
-    assert "unknown transcription engine 'transformer'; known: transformers" in captured.err
+    assert "unknown transcription engine 'transformer'; known: ctranslate2, transformers" in captured.err
     assert "Traceback" not in captured.err and captured.out == ""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bridge.settings import BridgeSettings
-from cloud.settings import WorkerSettings
+from cloud.settings import CLOUD_MODEL, WorkerSettings
 from edge_agent.settings import AgentSettings
 from runtime.logs import JsonFormatter
 from runtime.service import add_common_options, prepare
@@ -87,7 +87,7 @@ def test_one_models_folder_for_every_service(tmp_path: Path, monkeypatch: pytest
     agent = AgentSettings.load()
     assert agent.asr.model_dir == tmp_path / "tiny.en" / "onnx-int8"
     assert agent.vad.model_path == tmp_path / "vad" / "silero_vad.onnx"
-    assert WorkerSettings.load().model_dir == tmp_path / "tiny.en" / "hf"
+    assert WorkerSettings.load().model_dir == tmp_path / CLOUD_MODEL  # each engine takes its subfolder
 
 
 def test_invalid_settings_are_named_one_line_each_and_no_value_is_repeated(monkeypatch: pytest.MonkeyPatch) -> None:

