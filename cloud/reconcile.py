@@ -24,8 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud.rule import reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import SegmentKey, Store
-from contracts import CloudTranscript, DecodeError, Draft, Kafka, Segment, decode, encode
-from runtime.kafka import BatchWorker, Publisher
+from contracts import CloudTranscript, DecodeError, Draft, Final, Kafka, Segment, decode, encode
+from runtime.kafka import RECORD_OVERHEAD_BYTES, BatchWorker, Publisher, record_limit
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,23 @@ class Reconciler(BatchWorker):
         )
         self.settings = settings
         self.store = store or Store(settings.store_url)
+        self.max_record_bytes = record_limit(settings.kafka)
+
+    def _rule(self, transcript: CloudTranscript, draft_text: str | None) -> Final:
+        """The final :func:`~cloud.rule.reconcile` makes, cut to fit one Kafka record: a transcript at
+        the contract's limits (1,000 spans of long texts, thousands of words) decodes, but its final
+        carries it whole and would be refused by the producer for good (which ended this worker's
+        thread, found by the fuzz test). Such a final goes without the transcript's spans (their
+        timings and words); its texts, a few tens of kB at most, always fit. Applied before the
+        store keeps the final, so a final sent again after a crash is the same one."""
+        final = reconcile(transcript, draft_text)
+        room = self.max_record_bytes - RECORD_OVERHEAD_BYTES - len(final.agent_id.encode())
+        if len(encode(final)) <= room:
+            return final
+        log.warning("final %s of %s is over the record limit (%d bytes): sent without the transcript's spans",
+                    final.segment_id, final.agent_id, self.max_record_bytes)  # fmt: skip
+        self.tally.add("final_without_spans")
+        return final.model_copy(update={"transcript": final.transcript.model_copy(update={"segments": []})})
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         """Store and publish everything in ``batch``; False if it must be retried."""
@@ -100,7 +117,7 @@ class Reconciler(BatchWorker):
 
     def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[SegmentKey]) -> None:
         key = (transcript.agent_id, transcript.segment_id)
-        final = self.store.record_final(transcript, reconcile)
+        final = self.store.record_final(transcript, self._rule)
         if final is not None:
             self.tally.add("final")
             log.debug("final %s (%s): %s", final.segment_id, final.source, final.text)

@@ -39,6 +39,11 @@ RECORDS = Counter(
     "Kafka records handled by a cloud worker, by worker and outcome.",
     ["worker", "outcome"],
 )
+DEAD_LETTERS = Counter(
+    "edgecap_worker_dead_letters_total",
+    "Kafka records a cloud worker refused and sent to edgecap.deadletter, by worker and reason.",
+    ["worker", "reason"],
+)
 HEALTHY = Gauge(
     "edgecap_worker_healthy",
     "1 while a Kafka worker's batches go through; 0 while it retries one (its engine, store or Kafka fails).",
@@ -51,6 +56,17 @@ HEALTHY = Gauge(
 
 KAFKA_MAX_RECORD_BYTES = 1_048_588
 """Apache Kafka's default record limit (the broker's ``message.max.bytes``: 1 MiB and 12 bytes)."""
+
+
+RECORD_OVERHEAD_BYTES = 36 + 61
+"""What a record costs beyond its key and value against the limit, sent alone: librdkafka's bound on
+a v2 record's framing (36) and the header of the batch that carries it (61)."""
+
+
+def record_limit(kafka: KafkaSettings) -> int:
+    """The record limit a producer of ``kafka`` enforces (:func:`producer_config`): its
+    ``message.max.bytes``."""
+    return int(kafka.extra.get("message.max.bytes", KAFKA_MAX_RECORD_BYTES))
 
 
 def producer_config(kafka: KafkaSettings, **overrides: Any) -> dict[str, Any]:
@@ -273,10 +289,17 @@ class Tally:
     def __init__(self, worker: str) -> None:
         self.worker = worker
         self.counts: Counts[str] = Counts()
+        self.dead_letters: Counts[str] = Counts()  # by reason; their sum is counts["dead_letter"]
 
     def add(self, outcome: str, n: int = 1) -> None:
         self.counts[outcome] += n
         RECORDS.labels(self.worker, outcome).inc(n)
+
+    def dead_letter(self, reason: Reason) -> None:
+        """One record refused for ``reason``: counted as the outcome ``dead_letter`` and by reason."""
+        self.add("dead_letter")
+        self.dead_letters[reason.value] += 1
+        DEAD_LETTERS.labels(self.worker, reason.value).inc()
 
     def __getitem__(self, outcome: str) -> int:
         return self.counts[outcome]
@@ -368,4 +391,4 @@ class BatchWorker(ABC):
         log.warning("dead letter from %s: %s: %s", where, reason.value, detail)
         letter = dead_letter(msg.value() or b"", f"kafka:{where}", record_key(msg), reason, detail)
         publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
-        self.tally.add("dead_letter")
+        self.tally.dead_letter(reason)
