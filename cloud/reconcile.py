@@ -12,16 +12,24 @@ nothing — unless the earlier final was stored but never delivered (a crash in 
 case the stored final is sent. Undecodable drafts and transcripts go to ``edgecap.deadletter``
 (undecodable segments are the transcriber's to dead-letter); a store or Kafka failure rewinds the
 batch and retries it after a pause (the loop: :class:`BatchWorker`).
+
+The deadline: every few seconds (:meth:`Reconciler.tick`, at most a quarter of the deadline
+apart) the reconciler makes the draft the final (reason ``deadline``) of each segment whose draft
+has waited ``final_deadline_s`` for its transcript (:meth:`Store.claim_overdue`) and sends it to
+``edgecap.finals``, so no device or viewer waits without bound on a cloud that is behind; the
+transcript that comes later makes version 3 (the store's claim, once). A deadline final whose
+delivery failed, or whose reconciler died before delivering it, is sent again by a later scan.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
-from confluent_kafka import Message
+from confluent_kafka import KafkaException, Message
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.rule import reconcile
+from cloud.rule import UPGRADE_VERSION, reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import SegmentKey, Store
 from contracts import CloudTranscript, DecodeError, Draft, Final, Kafka, Segment, decode, encode
@@ -30,6 +38,9 @@ from runtime.kafka import RECORD_OVERHEAD_BYTES, BatchWorker, Publisher, record_
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "edgecap-reconcile"
+DEADLINE_PAGE = 500  # deadline finals claimed per transaction
+DEADLINE_TICK_BUDGET_S = 2.0  # most time one tick spends claiming pages before batches go on
+RESEND_AFTER_S = 60.0  # a deadline final still unpublished this long after it was stored is sent again
 
 
 class Reconciler(BatchWorker):
@@ -50,6 +61,7 @@ class Reconciler(BatchWorker):
         self.settings = settings
         self.store = store or Store(settings.store_url)
         self.max_record_bytes = record_limit(settings.kafka)
+        self.tick_interval_s = min(5.0, settings.final_deadline_s / 4)
 
     def _rule(self, transcript: CloudTranscript, draft_text: str | None) -> Final:
         """The final :func:`~cloud.rule.reconcile` makes, cut to fit one Kafka record: a transcript at
@@ -58,7 +70,7 @@ class Reconciler(BatchWorker):
         thread, found by the fuzz test). Such a final goes without the transcript's spans (their
         timings and words); its texts, a few tens of kB at most, always fit. Applied before the
         store keeps the final, so a final sent again after a crash is the same one."""
-        final = reconcile(transcript, draft_text)
+        final = reconcile(transcript, draft_text, self.settings.checks)
         room = self.max_record_bytes - RECORD_OVERHEAD_BYTES - len(final.agent_id.encode())
         if len(encode(final)) <= room:
             return final
@@ -69,7 +81,7 @@ class Reconciler(BatchWorker):
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         """Store and publish everything in ``batch``; False if it must be retried."""
-        sent: list[SegmentKey] = []
+        sent: list[Final] = []
         try:
             for msg in batch:
                 self._one(msg, publisher, sent)
@@ -84,7 +96,7 @@ class Reconciler(BatchWorker):
             log.exception("could not mark %d finals published", len(sent))
         return True
 
-    def _one(self, msg: Message, publisher: Publisher, sent: list[SegmentKey]) -> None:
+    def _one(self, msg: Message, publisher: Publisher, sent: list[Final]) -> None:
         raw = msg.value() or b""
         try:
             if msg.topic() == Kafka.SEGMENTS:
@@ -115,17 +127,20 @@ class Reconciler(BatchWorker):
             log.debug("duplicate draft %s from %s", draft.segment_id, draft.agent_id)
             self.tally.add("duplicate_draft")
 
-    def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[SegmentKey]) -> None:
-        key = (transcript.agent_id, transcript.segment_id)
+    def _transcript(self, transcript: CloudTranscript, publisher: Publisher, sent: list[Final]) -> None:
+        key: SegmentKey = (transcript.agent_id, transcript.segment_id)
         final = self.store.record_final(transcript, self._rule)
         if final is not None:
             self.tally.add("final")
-            log.debug("final %s (%s): %s", final.segment_id, final.source, final.text)
+            if final.version == UPGRADE_VERSION:
+                self.tally.add("upgraded_final")
+            log.debug("final %s v%d (%s, %s): %s", final.segment_id, final.version, final.source, final.reason,
+                      final.text)  # fmt: skip
             if self.store.collides(key):
                 log.warning("segment id %s is used by another device too: kept apart", transcript.segment_id)
                 self.tally.add("id_collision")
         else:
-            already_sent = key in sent
+            already_sent = any((f.agent_id, f.segment_id) == key for f in sent)
             final = None if already_sent else self.store.unpublished_final(key)
             if final is None:
                 log.debug("duplicate transcript %s from %s", transcript.segment_id, transcript.agent_id)
@@ -134,4 +149,34 @@ class Reconciler(BatchWorker):
             log.warning("final %s was stored but never published: sending it now", final.segment_id)
             self.tally.add("republished_final")
         publisher.send(Kafka.FINALS, final.agent_id, encode(final))
-        sent.append(key)
+        sent.append(final)
+
+    def tick(self, publisher: Publisher) -> None:
+        """The deadline scan (see the module docstring): claim the overdue drafts' finals page by page
+        (for at most a couple of seconds, so batches go on), send them with any deadline final left
+        unpublished, and mark them published once Kafka confirmed them. A store or Kafka failure is
+        logged; the next tick tries again (claimed but unsent finals are sent after RESEND_AFTER_S)."""
+        try:
+            started = time.monotonic()
+            finals: list[Final] = []
+            while time.monotonic() - started < DEADLINE_TICK_BUDGET_S:
+                page = self.store.claim_overdue(time.time() - self.settings.final_deadline_s, DEADLINE_PAGE)
+                finals += page
+                if len(page) < DEADLINE_PAGE:
+                    break
+            again = self.store.unsent_deadline_finals(time.time() - RESEND_AFTER_S, DEADLINE_PAGE)
+            if not finals and not again:
+                return
+            for final in finals + again:
+                publisher.send(Kafka.FINALS, final.agent_id, encode(final))
+            self.tally.add("deadline_final", len(finals))
+            if again:
+                log.warning("%d deadline finals were never published: sending them again", len(again))
+                self.tally.add("resent_deadline_final", len(again))
+            if not publisher.deliver():
+                log.error("%d deadline finals not delivered: sent again later", len(finals) + len(again))
+                return
+            self.store.mark_published(finals + again)
+            log.info("%d drafts became finals at the deadline (%.0f s)", len(finals), self.settings.final_deadline_s)
+        except (SQLAlchemyError, KafkaException, DecodeError):  # DecodeError: a stored final this code cannot read
+            log.exception("deadline scan failed; the next tick tries again")

@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from runtime.settings import KafkaSettings, ServiceSettings, models_dir
+from runtime.settings import Group, KafkaSettings, ServiceSettings, models_dir
 
 DEFAULT_STORE_URL = "sqlite:///edgecap.db"
 CLOUD_MODEL = "tiny.en"
@@ -17,6 +17,24 @@ CLOUD_MODEL = "tiny.en"
 corpus among what can be had offline (``benchmarks/cloud_model_choice.py``)."""
 CLOUD_BEAM_SIZE = 5
 """Beam width of that choice."""
+
+
+class QualityChecks(Group):
+    """Whisper's own checks on a cloud result (those its temperature fallback uses), and a word count
+    against the draft's: a cloud result that fails one leaves the edge draft standing as the final."""
+
+    max_compression_ratio: float = Field(
+        2.4, gt=0, description="Text bytes over their gzip above this: repetition (Whisper's threshold)."
+    )
+    min_avg_logprob: float = Field(
+        -1.0, le=0, description="Mean token log-probability below this: an unsure decode (Whisper's threshold)."
+    )
+    max_word_ratio: float = Field(
+        2.0, ge=1, description="Cloud words more than this many times the draft's, or fewer than its inverse: suspect."
+    )
+    min_word_difference: int = Field(
+        4, ge=1, description="...but only when the counts differ by at least this many words (short utterances)."
+    )
 
 
 class WorkerSettings(ServiceSettings):
@@ -69,6 +87,16 @@ class WorkerSettings(ServiceSettings):
         description="This worker instance's name, written into each transcript.",
     )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+    final_deadline_s: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Reconciler: a draft with no cloud transcript this long after it was stored becomes the final "
+        "(reason deadline); a later transcript upgrades it once.",
+    )
+    checks: QualityChecks = Field(
+        default_factory=QualityChecks, description="Reconciler: when a cloud result fails and the draft stands."
+    )
 
     @field_validator("engine")
     @classmethod

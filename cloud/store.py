@@ -9,8 +9,8 @@ so two reconcilers racing on the same transcript store one final and the loser s
 Drafts and transcripts may arrive in either order; whichever comes first creates the row.
 
 The schema is made and upgraded by alembic (:mod:`cloud.migrations`, :func:`migrate`), at every
-start, under a lock, so an existing SQLite or PostgreSQL store upgrades in place; ``metadata`` below
-is the schema the newest migration produces.
+start, under a lock, so an existing SQLite or PostgreSQL store upgrades in place; the tables of
+:mod:`cloud.tables` are the schema the newest migration produces.
 
 Every value that decodes fits its column (the limits of :mod:`contracts.bounds`): integers are
 64-bit (``BIGINT`` on PostgreSQL; SQLite's ``INTEGER`` is 64-bit whatever the declared type, so a
@@ -19,27 +19,32 @@ as the contract allows, texts are ``TEXT``, times are double precision.
 
 The store persists, the reconciler decides: which text becomes the final is the rule the reconciler
 passes to :meth:`Store.record_final` (:mod:`cloud.rule`), applied to the draft stored at the moment
-the final is claimed, in the same transaction.
+the final is claimed, in the same transaction. With the final the store keeps how it was made
+(:mod:`cloud.provenance`: the reason, the draft and cloud words aligned, each word's model and
+probability, the draft's disagreement with the final), aggregated by :meth:`Store.disagreement`.
+
+The deadline (:meth:`Store.claim_overdue`): a draft without a final ``final_deadline_s`` after it
+was stored (``draft_stored_at``, the cloud's clock: a device's may be a day off) becomes the final
+with the same claim, so exactly one of a deadline and a transcript makes version 2, and a transcript
+that comes after a deadline final claims version 3 with ``… WHERE final_reason = 'deadline'``, once.
+The scan reads the index ``(final_published_at, draft_stored_at)``: rows not yet published are those
+waiting for a final or for its delivery, a few among millions.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import (
-    BigInteger,
-    Column,
+    ColumnElement,
     Engine,
-    Float,
-    Index,
-    MetaData,
-    PrimaryKeyConstraint,
-    String,
-    Table,
-    Text,
     and_,
+    case,
     create_engine,
     delete,
     event,
@@ -54,78 +59,28 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
-from cloud.captions import CaptionVersion, DraftRow, FinalRow, SegmentRow
-from cloud.rule import DRAFT_VERSION, Rule
-from contracts import CloudTranscript, Draft, Final, bounds, decode, encode
+from cloud.captions import CaptionVersion, Disagreement, DraftRow, FinalRow, Reconciliation, SegmentRow
+from cloud.provenance import provenance
+from cloud.rule import DRAFT_VERSION, FINAL_VERSION, UPGRADE_VERSION, Rule, deadline_final
+from cloud.tables import SegmentKey, by_key, by_keys, caption_versions, metadata, segment_attempts, segments
+from contracts import CloudTranscript, Draft, Final, Transcript, decode, encode
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CaptionVersion", "DraftRow", "FinalRow", "SegmentKey", "SegmentRow", "Store", "migrate"]
+__all__ = [
+    "CaptionVersion",
+    "Disagreement",
+    "DraftRow",
+    "FinalRow",
+    "Reconciliation",
+    "SegmentKey",
+    "SegmentRow",
+    "Store",
+    "metadata",
+    "migrate",
+]
 
-metadata = MetaData()
-
-AGENT_ID_CHARS = 64  # contracts.ids.AGENT_ID_PATTERN
-SEGMENT_ID_CHARS = 128  # contracts.ids.SEGMENT_ID_PATTERN
-# the key of every row: which device, which of its segments
-SegmentKey = tuple[str, str]  # (agent_id, segment_id)
 MIGRATIONS_LOCK = 0x65646765636170  # PostgreSQL advisory lock held while the schema is upgraded
-
-segments = Table(
-    "segments",
-    metadata,
-    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
-    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    Column("started_at", Float, nullable=False),
-    Column("ended_at", Float, nullable=False),
-    Column("draft_text", Text),
-    Column("draft_model_id", String(bounds.MAX_NAME_CHARS)),
-    Column("draft_produced_at", Float),
-    Column("final_text", Text),
-    Column("final_model_id", String(bounds.MAX_NAME_CHARS)),
-    Column("final_produced_at", Float),
-    Column("final_source", String(8)),
-    Column("final_version", BigInteger),
-    Column("final_stored_at", Float),
-    Column("final_message", Text),  # the Final as sent on the wire (re-sent if never published)
-    Column("final_published_at", Float),
-    Column("updated_at", Float, nullable=False),
-    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segments"),
-    Index("ix_segments_started_at", "started_at"),
-    Index("ix_segments_agent_seq", "agent_id", "seq"),
-    Index("ix_segments_segment_id", "segment_id"),  # collisions across devices
-)
-
-caption_versions = Table(
-    "caption_versions",
-    metadata,
-    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
-    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
-    Column("version", BigInteger, nullable=False),
-    Column("source", String(8), nullable=False),
-    Column("text", Text, nullable=False),
-    Column("model_id", String(bounds.MAX_NAME_CHARS), nullable=False),
-    Column("produced_at", Float, nullable=False),
-    PrimaryKeyConstraint("agent_id", "segment_id", "version", name="pk_caption_versions"),
-)
-
-segment_attempts = Table(
-    "segment_attempts",
-    metadata,
-    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
-    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
-    Column("attempts", BigInteger, nullable=False),
-    Column("last_attempt_at", Float, nullable=False),
-    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segment_attempts"),
-)
-
-
-def _key(table: Table, key: SegmentKey) -> Any:
-    return and_(table.c.agent_id == key[0], table.c.segment_id == key[1])
-
-
-def _keys(table: Table, keys: list[SegmentKey]) -> Any:
-    return tuple_(table.c.agent_id, table.c.segment_id).in_(keys)
 
 
 def migrate(engine: Engine) -> None:
@@ -163,9 +118,10 @@ def _sqlite_setup(engine: Engine) -> None:
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
         cursor = dbapi_connection.cursor()
+        # the timeout first: switching to WAL takes a lock that another process's migration may hold
+        cursor.execute("PRAGMA busy_timeout=10000")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
@@ -211,6 +167,7 @@ class Store:
             "draft_text": t.text.strip(),
             "draft_model_id": t.model_id,
             "draft_produced_at": t.produced_at,
+            "draft_stored_at": now,
             "updated_at": now,
         }
         insert = self._insert(segments).values(**draft.header(), **values)
@@ -230,8 +187,9 @@ class Store:
     def record_final(self, transcript: CloudTranscript, rule: Rule) -> Final | None:
         """Store the final caption ``rule`` makes of a cloud transcript and the stored draft.
 
-        Returns the :class:`~contracts.Final` to publish, or None if this segment already has a
-        final (a duplicate: nothing is changed).
+        Returns the :class:`~contracts.Final` to publish: version 2, or version 3 when the segment's
+        final was made by the deadline; None if this segment already has a final the transcript
+        cannot replace (a duplicate: nothing is changed).
         """
         now = time.time()
         key = (transcript.agent_id, transcript.segment_id)
@@ -241,50 +199,162 @@ class Store:
                 .values(**transcript.header(), updated_at=now)
                 .on_conflict_do_nothing(index_elements=[segments.c.agent_id, segments.c.segment_id])
             )
-            row = conn.execute(
-                select(segments.c.draft_text, segments.c.draft_model_id).where(_key(segments, key))
-            ).one()
-            final = rule(transcript, row.draft_text)
-            model_id: str = row.draft_model_id if final.source == "edge" else transcript.transcript.model_id
-            produced_at = transcript.transcript.produced_at
-            values = {
-                "final_text": final.text,
-                "final_model_id": model_id,
-                "final_produced_at": produced_at,
-                "final_source": final.source,
-                "final_version": final.version,
-                "final_stored_at": now,
-                "final_message": encode(final).decode("utf-8"),
-                "updated_at": now,
-            }
-            claimed = conn.execute(
-                update(segments).where(_key(segments, key), segments.c.final_version.is_(None)).values(**values)
-            ).rowcount
-            if claimed != 1:
-                return None
-            self._add_version(conn, key, final.version, final.source, final.text, model_id, produced_at)
-        return final
+            # Twice at most: on PostgreSQL another reconciler's deadline final may be committed between
+            # the read and the claim; the claim then fails, and the second read sees it to upgrade.
+            for _ in range(2):
+                row = conn.execute(
+                    select(
+                        segments.c.draft_text,
+                        segments.c.draft_model_id,
+                        segments.c.final_version,
+                        segments.c.final_reason,
+                    ).where(by_key(segments, key))
+                ).one()
+                unclaimed: ColumnElement[bool]
+                if row.final_version is None:
+                    version, unclaimed = FINAL_VERSION, segments.c.final_version.is_(None)
+                elif row.final_version == FINAL_VERSION and row.final_reason == "deadline":
+                    version = UPGRADE_VERSION
+                    unclaimed = and_(segments.c.final_version == FINAL_VERSION, segments.c.final_reason == "deadline")
+                else:
+                    return None
+                final = rule(transcript, row.draft_text)
+                if final.version != version:
+                    final = final.model_copy(update={"version": version})
+                if self._claim(conn, key, unclaimed, final, row.draft_text, row.draft_model_id, now):
+                    return final
+        return None
+
+    def claim_overdue(self, cutoff: float, limit: int = 500) -> list[Final]:
+        """Make the draft the final (reason ``deadline``) of up to ``limit`` segments whose draft was
+        stored at or before ``cutoff`` and that have no final; the finals claimed, to publish.
+
+        On PostgreSQL the rows are locked as read, skipping rows another reconciler's scan holds, so
+        two scans share the work; on SQLite the write transaction serializes them. Either way the
+        claim's ``WHERE final_version IS NULL`` makes each segment's final once.
+        """
+        now = time.time()
+        finals: list[Final] = []
+        query = (
+            select(
+                segments.c.agent_id,
+                segments.c.segment_id,
+                segments.c.seq,
+                segments.c.started_at,
+                segments.c.ended_at,
+                segments.c.draft_text,
+                segments.c.draft_model_id,
+                segments.c.draft_produced_at,
+            )
+            .where(
+                segments.c.final_published_at.is_(None),
+                segments.c.draft_stored_at <= cutoff,
+                segments.c.final_version.is_(None),
+            )
+            .order_by(segments.c.draft_stored_at)
+            .limit(max(0, limit))
+            .with_for_update(skip_locked=True)
+        )
+        with self.engine.begin() as conn:
+            for row in conn.execute(query).all():
+                key = (row.agent_id, row.segment_id)
+                try:
+                    draft = Transcript(
+                        text=row.draft_text, model_id=row.draft_model_id, produced_at=row.draft_produced_at
+                    )
+                    header = {"agent_id": row.agent_id, "segment_id": row.segment_id, "seq": row.seq,
+                              "started_at": row.started_at, "ended_at": row.ended_at}  # fmt: skip
+                    final = deadline_final(header, draft)
+                except ValidationError as exc:  # stored before the contract's bounds: left for its transcript
+                    log.warning("cannot make a deadline final of %s from %s: %s", row.segment_id, row.agent_id, exc)
+                    continue
+                unclaimed = segments.c.final_version.is_(None)
+                if self._claim(conn, key, unclaimed, final, row.draft_text, row.draft_model_id, now):
+                    finals.append(final)
+        return finals
+
+    def unsent_deadline_finals(self, stored_before: float, limit: int = 500) -> list[Final]:
+        """Deadline finals stored at or before ``stored_before`` and never marked published (their
+        reconciler died or Kafka failed before delivery): no record will bring them again, so the
+        deadline scan sends them again (a duplicate, at worst, which the devices ignore)."""
+        query = (
+            select(segments.c.final_message)
+            .where(
+                segments.c.final_published_at.is_(None),
+                segments.c.final_reason == "deadline",
+                segments.c.final_stored_at <= stored_before,
+                segments.c.final_message.is_not(None),
+            )
+            .order_by(segments.c.final_stored_at)
+            .limit(max(0, limit))
+        )
+        with self._reader.connect() as conn:
+            messages = conn.execute(query).scalars().all()
+        return [decode(m.encode("utf-8"), Final) for m in messages]
+
+    def _claim(
+        self,
+        conn: Connection,
+        key: SegmentKey,
+        unclaimed: Any,
+        final: Final,
+        draft_text: str | None,
+        draft_model_id: str | None,
+        now: float,
+    ) -> bool:
+        """Store ``final`` as the segment's final if the row still matches ``unclaimed``, with its
+        provenance and a new caption version; False if another claim came first."""
+        model_id: str = draft_model_id if final.source == "edge" and draft_model_id else final.transcript.model_id
+        produced_at = final.transcript.produced_at
+        made = provenance(final, draft_text, draft_model_id)
+        values = {
+            "final_text": final.text,
+            "final_model_id": model_id,
+            "final_produced_at": produced_at,
+            "final_source": final.source,
+            "final_version": final.version,
+            "final_reason": final.reason,
+            "final_stored_at": now,
+            "final_message": encode(final).decode("utf-8"),
+            "final_published_at": None,
+            "alignment": None if made.alignment is None else _json(made.alignment),
+            "final_words": _json(made.words),
+            "draft_edits": made.edits,
+            "final_word_count": made.final_words,
+            "disagreement": made.disagreement,
+            "updated_at": now,
+        }
+        claimed = conn.execute(update(segments).where(by_key(segments, key), unclaimed).values(**values)).rowcount
+        if claimed != 1:
+            return False
+        self._add_version(conn, key, final.version, final.source, final.text, model_id, produced_at)
+        return True
 
     def unpublished_final(self, key: SegmentKey) -> Final | None:
         """The stored final of a segment if it was never marked published (a crash in between)."""
         with self._reader.connect() as conn:
             message = conn.execute(
                 select(segments.c.final_message).where(
-                    _key(segments, key),
+                    by_key(segments, key),
                     segments.c.final_message.is_not(None),
                     segments.c.final_published_at.is_(None),
                 )
             ).scalar_one_or_none()
         return decode(message.encode("utf-8"), Final) if message else None
 
-    def mark_published(self, keys: list[SegmentKey]) -> None:
-        """Record that these segments' finals were delivered to Kafka."""
+    def mark_published(self, finals: Iterable[Final]) -> None:
+        """Record that these finals were delivered to Kafka (each by its version: a final that a
+        newer version replaced meanwhile leaves the newer one unpublished)."""
+        keys = [(f.agent_id, f.segment_id, f.version) for f in finals]
         if not keys:
             return
         with self.engine.begin() as conn:
             conn.execute(
                 update(segments)
-                .where(_keys(segments, keys), segments.c.final_published_at.is_(None))
+                .where(
+                    tuple_(segments.c.agent_id, segments.c.segment_id, segments.c.final_version).in_(keys),
+                    segments.c.final_published_at.is_(None),
+                )
                 .values(final_published_at=time.time())
             )
 
@@ -305,7 +375,7 @@ class Store:
         if not keys:
             return {}
         query = select(segment_attempts.c.agent_id, segment_attempts.c.segment_id, segment_attempts.c.attempts).where(
-            _keys(segment_attempts, list(dict.fromkeys(keys)))
+            by_keys(segment_attempts, list(dict.fromkeys(keys)))
         )
         with self._reader.connect() as conn:
             return {(r.agent_id, r.segment_id): int(r.attempts) for r in conn.execute(query)}
@@ -333,7 +403,7 @@ class Store:
         if not keys:
             return
         with self.engine.begin() as conn:
-            conn.execute(delete(segment_attempts).where(_keys(segment_attempts, list(dict.fromkeys(keys)))))
+            conn.execute(delete(segment_attempts).where(by_keys(segment_attempts, list(dict.fromkeys(keys)))))
 
     def _add_version(
         self,
@@ -375,12 +445,12 @@ class Store:
 
     def get(self, key: SegmentKey) -> SegmentRow | None:
         with self._reader.connect() as conn:
-            row = conn.execute(select(segments).where(_key(segments, key))).first()
+            row = conn.execute(select(segments).where(by_key(segments, key))).first()
         return _view(row._mapping) if row is not None else None
 
     def versions(self, key: SegmentKey) -> list[CaptionVersion]:
         """Every stored caption version of a segment, oldest version first."""
-        query = select(caption_versions).where(_key(caption_versions, key)).order_by(caption_versions.c.version)
+        query = select(caption_versions).where(by_key(caption_versions, key)).order_by(caption_versions.c.version)
         with self._reader.connect() as conn:
             rows = conn.execute(query).all()
         return [
@@ -392,6 +462,75 @@ class Store:
                 text=r.text,
                 model_id=r.model_id,
                 produced_at=r.produced_at,
+            )
+            for r in rows
+        ]
+
+    def reconciliation(self, key: SegmentKey) -> Reconciliation | None:
+        """How a segment's final was made; None if it has no final."""
+        query = select(
+            segments.c.final_reason,
+            segments.c.alignment,
+            segments.c.final_words,
+            segments.c.draft_edits,
+            segments.c.final_word_count,
+            segments.c.disagreement,
+        ).where(by_key(segments, key), segments.c.final_version.is_not(None))
+        with self._reader.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return Reconciliation(
+            reason=row.final_reason,
+            alignment=None if row.alignment is None else json.loads(row.alignment),
+            words=None if row.final_words is None else json.loads(row.final_words),
+            edits=row.draft_edits,
+            final_words=row.final_word_count,
+            disagreement=row.disagreement,
+        )
+
+    def disagreement(self, agent_id: str | None = None, since: float | None = None) -> list[Disagreement]:
+        """Draft-to-final disagreement per device and edge model, over the finals weighed against a
+        draft (stored at or after ``since``, if given): a drifting device or a bad model version
+        shows as a rising ``wer`` or more drafts kept. Ordered by device, then model."""
+        weighed: list[ColumnElement[bool]] = [segments.c.disagreement.is_not(None)]
+        if agent_id is not None:
+            weighed.append(segments.c.agent_id == agent_id)
+        if since is not None:
+            weighed.append(segments.c.final_stored_at >= since)
+        group = (segments.c.agent_id, segments.c.draft_model_id)
+        totals = (
+            select(
+                *group,
+                func.count().label("n"),
+                func.sum(segments.c.draft_edits).label("edits"),
+                func.sum(segments.c.final_word_count).label("words"),
+                func.avg(segments.c.disagreement).label("mean"),
+                func.sum(case((segments.c.final_source == "edge", 1), else_=0)).label("kept"),
+            )
+            .where(*weighed)
+            .group_by(*group)
+            .order_by(*group)
+        )
+        by_reason = select(*group, segments.c.final_reason, func.count().label("n")).where(*weighed).group_by(
+            *group, segments.c.final_reason
+        )
+        with self._reader.connect() as conn:
+            rows = conn.execute(totals).all()
+            reasons: dict[tuple[str, str | None], dict[str, int]] = {}
+            for r in conn.execute(by_reason):
+                reasons.setdefault((r.agent_id, r.draft_model_id), {})[r.final_reason or "unknown"] = int(r.n)
+        return [
+            Disagreement(
+                agent_id=r.agent_id,
+                edge_model_id=r.draft_model_id,
+                segments=int(r.n),
+                edits=int(r.edits or 0),
+                final_words=int(r.words or 0),
+                wer=int(r.edits or 0) / int(r.words) if r.words else None,
+                mean_disagreement=None if r.mean is None else float(r.mean),
+                drafts_kept=int(r.kept or 0),
+                reasons=reasons.get((r.agent_id, r.draft_model_id), {}),
             )
             for r in rows
         ]
@@ -421,6 +560,7 @@ def _view(row: Any) -> SegmentRow:
             version=row["final_version"],
             produced_at=row["final_produced_at"],
             stored_at=row["final_stored_at"],
+            reason=row["final_reason"],
         )
     return SegmentRow(
         segment_id=row["segment_id"],
@@ -431,3 +571,7 @@ def _view(row: Any) -> SegmentRow:
         draft=draft,
         final=final,
     )
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

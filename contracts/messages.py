@@ -316,15 +316,29 @@ class CloudTranscript(SegmentHeader):
     worker: Name = Field(description="Which worker instance produced it.")
 
 
+FinalReason = Literal["cloud", "no_draft", "cloud_empty", "compression_ratio", "low_logprob", "word_count", "deadline"]
+"""Why a final caption has its text. The cloud text: ``cloud`` (it passed every check against the
+draft), ``no_draft`` (no draft was known to weigh it against). The draft stands (source ``edge``)
+because the cloud result failed one of Whisper's own checks: ``cloud_empty`` (no words while the
+draft has some), ``compression_ratio`` (repetition), ``low_logprob`` (an unsure decode),
+``word_count`` (far more or fewer words than the draft); or because no cloud transcript came in
+time: ``deadline`` (a later transcript then upgrades it as the next version)."""
+
+
 class Final(SegmentHeader):
     """The reconciled caption of a segment (reconciler → ``edgecap.finals`` → device)."""
 
     schema_: Literal["edgecap.final.v1"] = Field(default="edgecap.final.v1", alias="schema")
     text: Text
     source: Literal["cloud", "edge"] = Field(description="Whose text won.")
-    version: Version = Field(description="Caption version; the edge draft is version 1.")
-    transcript: Transcript
+    version: Version = Field(
+        description="Caption version; the edge draft is version 1, the final 2, a cloud upgrade of a deadline final 3."
+    )
+    transcript: Transcript = Field(description="The cloud transcript weighed (a deadline final: the edge draft).")
     draft_text: Text | None = Field(default=None, description="The edge draft it replaces.")
+    reason: FinalReason | None = Field(
+        default=None, description="Why this text won (None: a final made before reasons existed)."
+    )
 
 
 class Rejection(_Model):

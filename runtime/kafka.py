@@ -331,6 +331,11 @@ class BatchWorker(ABC):
     between batches, so the batch in hand is finished and its offsets stored; closing the consumer
     commits them. A worker that crashes before storing a batch's offsets leaves that batch to be
     redone by the group: outputs are at least once, and consumers downstream tolerate duplicates.
+
+    Work that no record brings (the reconciler's deadline finals) goes in :meth:`tick`: with
+    ``tick_interval_s`` set, the loop calls it between batches, in its own thread (never while a
+    batch is in hand), at most that often, and at least every ``tick_interval_s`` plus one poll (0.5 s
+    while idle) plus one batch.
     """
 
     name: ClassVar[str]
@@ -340,6 +345,7 @@ class BatchWorker(ABC):
     max_wait_s: float
     retry_pause_s: float = 2.0
     max_retry_pause_s: float = 30.0
+    tick_interval_s: float | None = None  # call tick() between batches at most this often; None: never
 
     def __init__(self, kafka: KafkaSettings, group: str, session_timeout_ms: int, topic_partitions: int) -> None:
         """``group`` is the consumer group the worker's replicas share (they split the inputs'
@@ -350,6 +356,11 @@ class BatchWorker(ABC):
         self.session_timeout_ms = session_timeout_ms
         self.topic_partitions = topic_partitions
         self.tally = Tally(self.name)
+
+    def tick(self, publisher: Publisher) -> None:
+        """Periodic work between batches (see the class docstring); it sends through ``publisher`` and
+        waits for delivery itself. It must not raise: a failure is logged and left to the next tick."""
+        return None  # nothing to do unless a worker has periodic work
 
     @abstractmethod
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
@@ -364,8 +375,12 @@ class BatchWorker(ABC):
         healthy = HEALTHY.labels(self.name)
         healthy.set(1)
         pause = self.retry_pause_s
+        next_tick = time.monotonic()
         try:
             while not stop.is_set():
+                if self.tick_interval_s is not None and time.monotonic() >= next_tick:
+                    self.tick(publisher)
+                    next_tick = time.monotonic() + self.tick_interval_s
                 batch = poll_batch(consumer, self.batch_size, self.max_wait_s)
                 if not batch:
                     continue

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.captions import CaptionVersion
+from cloud.captions import CaptionVersion, Disagreement
 from cloud.settings import DashboardSettings
 from cloud.store import SegmentRow, Store
 
@@ -56,6 +56,15 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         if row is None:
             return JSONResponse({"detail": "no such segment"}, status_code=404)
         return SegmentDetail(**row, versions=captions.versions(key))
+
+    @app.get("/api/disagreement")
+    def disagreement(
+        agent_id: str | None = Query(None, description="Only this agent."),
+        since: float | None = Query(None, description="Only finals stored at or after this Unix time."),
+    ) -> list[Disagreement]:
+        """Draft-to-final disagreement per agent and edge model: pooled WER of the drafts against
+        their finals, drafts kept, and how often each reason decided."""
+        return captions.disagreement(agent_id=agent_id, since=since)
 
     @app.get("/api/stats")
     def stats() -> dict[str, int]:

@@ -75,12 +75,20 @@ def test_api(store: Store) -> None:
     }
     assert finished["final"]["text"] == FINAL
     assert (finished["final"]["source"], finished["final"]["version"]) == ("cloud", 2)
-    assert set(finished["final"]) == {"text", "model_id", "source", "version", "produced_at", "stored_at"}
+    assert set(finished["final"]) == {"text", "model_id", "source", "version", "produced_at", "stored_at", "reason"}
+    assert finished["final"]["reason"] == "cloud"
 
     assert [s["seq"] for s in client.get("/api/segments", params={"limit": 1}).json()] == [1]
     assert client.get("/api/segments", params={"agent_id": "nobody"}).json() == []
     assert client.get("/api/segments", params={"limit": 0}).status_code == 422
     assert client.get("/api/stats").json() == {"segments": 2, "drafts": 2, "finals": 1}
+    (disagreement,) = client.get("/api/disagreement").json()  # the draft "walk" against the final's "walked"
+    assert (disagreement["agent_id"], disagreement["edge_model_id"], disagreement["segments"]) == (
+        "pi-7", "whisper-tiny.en-int8-onnx", 1
+    )  # fmt: skip
+    assert (disagreement["edits"], disagreement["final_words"], disagreement["reasons"]) == (1, 5, {"cloud": 1})
+    assert disagreement["wer"] == pytest.approx(0.2)
+    assert client.get("/api/disagreement", params={"agent_id": "pi-8"}).json() == []
 
     one = client.get(f"/api/segments/pi-7/{store.ids['final']}").json()
     assert (one["agent_id"], one["segment_id"], one["final"]["text"]) == ("pi-7", store.ids["final"], FINAL)

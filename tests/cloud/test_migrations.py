@@ -186,3 +186,21 @@ def test_services_that_start_together_migrate_once(store_url: str) -> None:
     finally:
         for s in stores:
             s.close()
+
+
+def test_drafts_waiting_in_an_upgraded_store_get_their_deadline(store_url: str) -> None:
+    """0004: drafts stored before it get ``draft_stored_at`` from their row, so the deadline scan
+    finds them; finals stored before it have no reason and are left out of the disagreement."""
+    make_old_store(store_url)
+    store = Store(store_url)
+    try:
+        (late,) = store.claim_overdue(time.time() + 1)
+        assert (late.agent_id, late.segment_id, late.text) == ("pi-1", "old-draft", "turn left")
+        assert late.reason == "deadline"
+        old = store.get(("pi-2", "old-final"))
+        assert old is not None and old["final"] is not None and old["final"]["reason"] is None
+        made = store.reconciliation(("pi-2", "old-final"))
+        assert made is not None and made["alignment"] is None and made["disagreement"] is None
+        assert store.disagreement() == []
+    finally:
+        store.close()

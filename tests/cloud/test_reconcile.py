@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -25,6 +25,7 @@ from contracts import (
     Draft,
     Final,
     Kafka,
+    Quality,
     Transcript,
     decode,
     encode,
@@ -106,6 +107,14 @@ class Running:
         assert not self.thread.is_alive()
 
 
+@pytest.fixture(scope="module")
+def kafka() -> Iterator[Tansu]:
+    """This module's own broker: a reconciler's new group reads its topics from the start, and the
+    session broker's topics hold every other test's records (the waits here would count them)."""
+    with Tansu() as broker:
+        yield broker
+
+
 @pytest.fixture
 def settings(kafka: Tansu) -> WorkerSettings:
     return WorkerSettings(
@@ -114,6 +123,15 @@ def settings(kafka: Tansu) -> WorkerSettings:
         session_timeout_ms=2000,
         topic_partitions=3,
     )
+
+
+def wait_for_drafts(store: Store, keys: list[tuple[str, str]], timeout_s: float = 30) -> None:
+    """Until the store holds the drafts of these segments."""
+
+    def stored() -> bool:
+        return all((row := store.get(key)) is not None and row["draft"] is not None for key in keys)
+
+    wait_until(stored, timeout_s, f"the drafts of {keys} stored")
 
 
 def finals_for(values: list[bytes], ids: set[str]) -> list[Final]:
@@ -141,7 +159,8 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
     try:
         # Drafts and transcripts travel on different topics, so each step waits for the one before.
         produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(ids[0], 0, "The old farmer walked.")))])
-        running.wait_for("final", 1)  # a transcript before its draft
+        wait_until(lambda: (row := store.get((AGENT, ids[0]))) is not None and row["final"] is not None, 30,
+                   "a final from a transcript before its draft")  # fmt: skip
         produce(
             kafka,
             [
@@ -150,7 +169,7 @@ def test_reconciler_stores_and_publishes_one_final_per_segment(
                 (Kafka.DRAFTS, encode(draft(ids[2], 2, "please bring a coat"))),
             ],
         )
-        running.wait_for("draft", 3)
+        wait_for_drafts(store, [(AGENT, sid) for sid in ids])
         produce(
             kafka,
             [
@@ -365,7 +384,9 @@ def test_two_devices_with_one_segment_id_get_their_own_finals(
     running = Running(settings, store)
     try:
         produce(kafka, drafts)
-        running.wait_for("draft", 2)  # both drafts stored under the same segment_id, apart
+        # both drafts stored under the same segment_id, apart (the group also reads other tests' records:
+        # the store, not a count, says when ours are in)
+        wait_for_drafts(store, [("pi-one", sid), ("pi-two", sid)])
         produce(kafka, transcripts)
         running.wait_for("final", 2)
         running.wait_for("id_collision", 1)
@@ -378,6 +399,97 @@ def test_two_devices_with_one_segment_id_get_their_own_finals(
             seg = store.get((agent, sid))
             assert seg is not None and seg["final"] is not None and seg["draft"] is not None
             assert seg["final"]["text"] == seg["draft"]["text"]
+    finally:
+        running.close()
+        reader.close()
+
+
+@pytest.mark.integration
+def test_a_draft_without_a_transcript_becomes_the_final_at_the_deadline_and_is_upgraded_once(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    """Issue 10: with the cloud behind, the draft is the final once ``final_deadline_s`` has passed
+    (source edge, reason deadline) and goes to edgecap.finals; the transcript that comes later makes
+    version 3, once."""
+    sid = new_segment_id()
+    settings = settings.model_copy(update={"final_deadline_s": 1.0})
+    reader = TopicReader(kafka, Kafka.FINALS)
+    running = Running(settings, store)
+    try:
+        produced_at = time.time()
+        produce(kafka, [(Kafka.DRAFTS, encode(draft(sid, 0, "turn left at the lights")))])
+        finals = finals_for(reader.read_until(lambda v: bool(finals_for(v, {sid})), 30), {sid})
+        assert [(f.version, f.source, f.reason, f.text) for f in finals] == [
+            (2, "edge", "deadline", "turn left at the lights")
+        ]
+        seg = store.get((AGENT, sid))
+        assert seg is not None and seg["final"] is not None
+        assert seg["final"]["stored_at"] >= produced_at + 1.0  # not before its deadline
+        wait_until(lambda: store.unpublished_final((AGENT, sid)) is None, 20, "the deadline final marked published")
+        assert running.reconciler.tally["deadline_final"] >= 1
+
+        produce(kafka, [
+            (Kafka.TRANSCRIPTS, encode(transcript(sid, 0, "Turn left at the lights."))),
+            (Kafka.TRANSCRIPTS, encode(transcript(sid, 0, "Turn left at the lights."))),  # a duplicate
+        ])  # fmt: skip
+        running.wait_for("upgraded_final", 1)
+        running.wait_for("duplicate_transcript", 1)
+        later = new_segment_id()  # a final after the duplicate's place: a second upgrade would come before it
+        produce(kafka, [(Kafka.TRANSCRIPTS, encode(transcript(later, 1, "Then right.")))])
+        finals = finals_for(reader.read_until(lambda v: bool(finals_for(v, {later})), 30), {sid})
+        assert [(f.version, f.source, f.reason, f.text) for f in finals] == [
+            (2, "edge", "deadline", "turn left at the lights"),
+            (3, "cloud", "cloud", "Turn left at the lights."),
+        ]
+        assert [(v["version"], v["source"]) for v in store.versions((AGENT, sid))] == [
+            (1, "edge"),
+            (2, "edge"),
+            (3, "cloud"),
+        ]
+        assert running.reconciler.tally["upgraded_final"] == 1
+    finally:
+        running.close()
+        reader.close()
+
+
+@pytest.mark.integration
+def test_the_draft_stands_when_the_cloud_result_fails_a_check(
+    kafka: Tansu, settings: WorkerSettings, store: Store
+) -> None:
+    unsure, sure = new_segment_id(), new_segment_id()
+    head = header(unsure, 0)
+    cloud = Transcript(
+        text="Turn left at the light's end.",
+        model_id="whisper-tiny.en@ct2-int8:1a5afae06a4d",
+        produced_at=time.time(),
+        quality=Quality(avg_logprob=-1.4, no_speech_prob=0.3, compression_ratio=1.1),
+    )
+    reader = TopicReader(kafka, Kafka.FINALS)
+    running = Running(settings, store)
+    try:
+        produce(kafka, [
+            (Kafka.DRAFTS, encode(draft(unsure, 0, "turn left at the lights"))),
+            (Kafka.DRAFTS, encode(draft(sure, 1, "the old farmer walk slowly"))),
+        ])  # fmt: skip
+        wait_for_drafts(store, [(AGENT, unsure), (AGENT, sure)])
+        produce(kafka, [
+            (Kafka.TRANSCRIPTS, encode(CloudTranscript(**head, transcript=cloud, worker="test"))),
+            (Kafka.TRANSCRIPTS, encode(transcript(sure, 1, "The old farmer walked slowly."))),
+        ])  # fmt: skip
+        ids = {unsure, sure}
+        values = reader.read_until(lambda v: len(finals_for(v, ids)) >= 2, 30)
+        finals = {f.segment_id: f for f in finals_for(values, ids)}
+        assert (finals[unsure].text, finals[unsure].source, finals[unsure].reason) == (
+            "turn left at the lights", "edge", "low_logprob"
+        )  # fmt: skip
+        assert finals[unsure].transcript.text == "Turn left at the light's end."  # the cloud result, kept
+        assert (finals[sure].text, finals[sure].source, finals[sure].reason) == (
+            "The old farmer walked slowly.", "cloud", "cloud"
+        )  # fmt: skip
+        kept, taken = store.reconciliation((AGENT, unsure)), store.reconciliation((AGENT, sure))
+        assert kept is not None and (kept["reason"], kept["edits"], kept["disagreement"]) == ("low_logprob", 0, 0.0)
+        assert kept["alignment"] is not None and [p["op"] for p in kept["alignment"]].count("equal") == 4
+        assert taken is not None and (taken["reason"], taken["edits"], taken["final_words"]) == ("cloud", 1, 5)
     finally:
         running.close()
         reader.close()

@@ -59,8 +59,9 @@ def test_transcriber_and_reconciler_killed_repeatedly(tmp_path: Path) -> None:
                                 kafka=kafka_settings, downlink=True, downlink_session_timeout_ms=3000)  # fmt: skip
         transcribe = cloud_worker("transcribe", worker("transcribe", batch_size=32, max_wait_ms=50), tmp_path,
                                   engine="echo-test")  # fmt: skip
-        reconcile = cloud_worker("reconcile", worker("reconcile"), tmp_path, "--die-after-finals",
-                                 str(DIE_AFTER_FINALS))  # fmt: skip
+        # a day's deadline: this proof is about crashes (one version 2 each); the deadline has its own tests
+        reconcile = cloud_worker("reconcile", worker("reconcile", final_deadline_s=86400), tmp_path,
+                                 "--die-after-finals", str(DIE_AFTER_FINALS))  # fmt: skip
         services: list[Service] = [bridge, transcribe, reconcile]
         fleet: Fleet | None = None
         kills = {"transcribe": 0, "reconcile": 0}

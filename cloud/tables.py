@@ -1,0 +1,99 @@
+"""The caption store's tables: the schema the newest migration (:mod:`cloud.migrations`) produces.
+
+Every row is keyed by device and segment (``agent_id``, ``segment_id``). Integers are 64-bit, ids
+and model names at least as long as the contract allows (:mod:`contracts.bounds`), texts ``TEXT``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    and_,
+    tuple_,
+)
+
+from contracts import bounds
+
+metadata = MetaData()
+
+AGENT_ID_CHARS = 64  # contracts.ids.AGENT_ID_PATTERN
+SEGMENT_ID_CHARS = 128  # contracts.ids.SEGMENT_ID_PATTERN
+# the key of every row: which device, which of its segments
+SegmentKey = tuple[str, str]  # (agent_id, segment_id)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Column("draft_text", Text),
+    Column("draft_model_id", String(bounds.MAX_NAME_CHARS)),
+    Column("draft_produced_at", Float),
+    Column("final_text", Text),
+    Column("final_model_id", String(bounds.MAX_NAME_CHARS)),
+    Column("final_produced_at", Float),
+    Column("final_source", String(8)),
+    Column("final_version", BigInteger),
+    Column("final_stored_at", Float),
+    Column("final_message", Text),  # the Final as sent on the wire (re-sent if never published)
+    Column("final_published_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Column("draft_stored_at", Float),  # the cloud's clock: the deadline counts from here
+    Column("final_reason", String(20)),  # contracts.messages.FinalReason
+    Column("alignment", Text),  # JSON: [{"draft", "cloud", "op"}] (cloud.provenance)
+    Column("final_words", Text),  # JSON: [{"word", "model_id", "probability"}]
+    Column("draft_edits", BigInteger),  # the draft's word errors against the final
+    Column("final_word_count", BigInteger),
+    Column("disagreement", Float),  # draft_edits / final_word_count: the draft's WER against the final
+    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segments"),
+    Index("ix_segments_started_at", "started_at"),
+    Index("ix_segments_agent_seq", "agent_id", "seq"),
+    Index("ix_segments_segment_id", "segment_id"),  # collisions across devices
+    Index("ix_segments_unpublished", "final_published_at", "draft_stored_at"),  # the deadline scan
+)
+
+caption_versions = Table(
+    "caption_versions",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("version", BigInteger, nullable=False),
+    Column("source", String(8), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("model_id", String(bounds.MAX_NAME_CHARS), nullable=False),
+    Column("produced_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "segment_id", "version", name="pk_caption_versions"),
+)
+
+segment_attempts = Table(
+    "segment_attempts",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("attempts", BigInteger, nullable=False),
+    Column("last_attempt_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segment_attempts"),
+)
+
+
+def by_key(table: Table, key: SegmentKey) -> Any:
+    """The condition that selects one segment's rows of ``table``."""
+    return and_(table.c.agent_id == key[0], table.c.segment_id == key[1])
+
+
+def by_keys(table: Table, keys: list[SegmentKey]) -> Any:
+    """The condition that selects these segments' rows of ``table``."""
+    return tuple_(table.c.agent_id, table.c.segment_id).in_(keys)
