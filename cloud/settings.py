@@ -76,6 +76,13 @@ class WorkerSettings(ServiceSettings):
     max_new_tokens: int = Field(200, ge=1, le=440, description="Most tokens generated per segment.")
     batch_size: int = Field(8, ge=1, le=256, description="Most segments transcribed in one engine call.")
     max_wait_ms: int = Field(200, ge=0, le=60000, description="Longest wait to fill a batch after its first segment.")
+    max_audio_s: float = Field(
+        60.0,
+        gt=0,
+        le=600,
+        description="Transcriber: longer segments are dead-lettered (too_large) before their audio is decoded "
+        "(a record produced straight into Kafka may declare minutes of audio in a few kB of FLAC).",
+    )
     max_attempts: int = Field(
         3,
         ge=1,

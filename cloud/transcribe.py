@@ -82,6 +82,10 @@ class TranscribeWorker(BatchWorker):
             except DecodeError as exc:
                 self.dead_letter(publisher, msg, exc.reason, exc.detail)
                 continue
+            if segment.audio.duration_s > self.settings.max_audio_s:
+                detail = f"{segment.audio.duration_s:.1f} s of audio, over max_audio_s {self.settings.max_audio_s:g}"
+                self.dead_letter(publisher, msg, Reason.TOO_LARGE, detail)
+                continue
             try:
                 audio = to_float32(segment.audio)
             except AudioCodecError as exc:  # not the audio it declares: the segment's fault, not the engine's

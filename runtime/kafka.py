@@ -345,6 +345,7 @@ class BatchWorker(ABC):
     max_wait_s: float
     retry_pause_s: float = 2.0
     max_retry_pause_s: float = 30.0
+    max_record_failures: int = 3  # a record that makes handle() raise alone this often is dead-lettered
     tick_interval_s: float | None = None  # call tick() between batches at most this often; None: never
 
     def __init__(self, kafka: KafkaSettings, group: str, session_timeout_ms: int, topic_partitions: int) -> None:
@@ -356,6 +357,7 @@ class BatchWorker(ABC):
         self.session_timeout_ms = session_timeout_ms
         self.topic_partitions = topic_partitions
         self.tally = Tally(self.name)
+        self._record_failures: dict[str, int] = {}  # "topic[partition]@offset": times handle() raised on it
 
     def tick(self, publisher: Publisher) -> None:
         """Periodic work between batches (see the class docstring); it sends through ``publisher`` and
@@ -384,7 +386,7 @@ class BatchWorker(ABC):
                 batch = poll_batch(consumer, self.batch_size, self.max_wait_s)
                 if not batch:
                     continue
-                if self.handle(batch, publisher):
+                if self._handle_guarded(batch, publisher):
                     store_offsets(consumer, batch)
                     healthy.set(1)
                     pause = self.retry_pause_s
@@ -399,6 +401,47 @@ class BatchWorker(ABC):
             consumer.close()
             log.info("%s worker stopped: %s", self.name, dict(self.tally.counts))
 
+    def _handle_guarded(self, batch: list[Message], publisher: Publisher) -> bool:
+        """:meth:`handle`, surviving a record that makes it raise (a bug its input triggers): the
+        batch is handled again record by record, and a record that raises while others of its batch
+        go through, or that raised as the only record of its batch ``max_record_failures`` times, is
+        dead-lettered (``invalid``, the error in the detail) so that the records behind it flow. When
+        every record of a larger batch raises (a failing dependency, not bad input) nothing is
+        dead-lettered: the batch is retried after the pause, like a batch :meth:`handle` said to retry.
+        Outputs the failed call had already sent may go out twice (outputs are at least once)."""
+        try:
+            return self.handle(batch, publisher)
+        except Exception:
+            log.exception("%s worker failed on a batch of %d: handling its records one by one", self.name, len(batch))
+            self.tally.add("failed_batch")
+        failed: list[tuple[Message, str]] = []
+        worked = False
+        for msg in batch:
+            try:
+                if not self.handle([msg], publisher):
+                    return False
+                worked = True
+            except Exception as exc:
+                log.exception("%s worker failed on %s[%s]@%s", self.name, msg.topic(), msg.partition(), msg.offset())
+                failed.append((msg, repr(exc)))
+        refused = []
+        for msg, error in failed:
+            if len(batch) == 1:  # alone: nothing tells a bad record from a failing dependency but repetition
+                where = _where(msg)
+                self._record_failures[where] = self._record_failures.get(where, 0) + 1
+                if self._record_failures[where] >= self.max_record_failures:
+                    refused.append((msg, error))
+            elif worked:
+                refused.append((msg, error))
+        if not refused:
+            return False
+        for msg, error in refused:
+            self._record_failures.pop(_where(msg), None)
+            self.dead_letter(publisher, msg, Reason.INVALID, f"the {self.name} worker failed on it: {error}")
+        if len(refused) < len(failed):
+            return False  # the others are retried (and counted again)
+        return publisher.deliver()
+
     def dead_letter(self, publisher: Publisher, msg: Message, reason: Reason, detail: str) -> None:
         """Send a record this worker refuses to ``edgecap.deadletter`` (counted; its offset is
         stored with the batch, so the worker goes on)."""
@@ -407,3 +450,7 @@ class BatchWorker(ABC):
         letter = dead_letter(msg.value() or b"", f"kafka:{where}", record_key(msg), reason, detail)
         publisher.send(Kafka.DEADLETTER, letter.agent_id, encode(letter))
         self.tally.dead_letter(reason)
+
+
+def _where(msg: Message) -> str:
+    return f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"

@@ -130,3 +130,22 @@ def test_a_segment_the_working_engine_fails_on_is_dead_lettered_and_the_rest_flo
     letters = [decode(v, DeadLetter) for v in read_keyed(kafka.bootstrap, Kafka.DEADLETTER, agent, 1, 30)]
     assert [(d.reason, d.payload) for d in letters] == [(Reason.BAD_AUDIO, encode(poison))]
     assert worker.worker.tally["engine_down"] == 0
+
+
+def test_a_segment_longer_than_max_audio_s_is_dead_lettered_before_it_is_decoded(
+    kafka: Tansu, agent: str, running: list[Running]
+) -> None:
+    """A record produced straight into Kafka may declare minutes of audio in a few kB of FLAC;
+    the transcriber refuses it (too_large) by its declared length, before decoding it."""
+    from runtime.audiocodec import to_audio
+
+    long = make_segment(agent, 0)
+    silence = to_audio(bytes(2 * 16000 * 61), 16000, 1, "flac")  # 61 s, a few kB
+    long = long.model_copy(update={"audio": silence})
+    produce(kafka, [long, make_segment(agent, 1, seconds=0.5)])
+    running.append(Running(kafka, FailingEngine(WorkerSettings(), broken=False), 8))
+    out = [decode(v, CloudTranscript) for v in read_keyed(kafka.bootstrap, Kafka.TRANSCRIPTS, agent, 1, 30)]
+    assert [t.seq for t in out] == [1]
+    letters = [decode(v, DeadLetter) for v in read_keyed(kafka.bootstrap, Kafka.DEADLETTER, agent, 1, 30)]
+    assert [(d.reason, d.payload) for d in letters] == [(Reason.TOO_LARGE, encode(long))]
+    assert "61.0 s of audio, over max_audio_s 60" in letters[0].detail
