@@ -43,8 +43,14 @@ def main(argv: list[str] | None = None) -> int:
         worker.run(stop)
     else:
         from cloud.reconcile import Reconciler
+        from runtime.plugins import MissingPackage
 
-        Reconciler(settings).run(stop)
+        try:
+            reconciler = Reconciler(settings)
+        except MissingPackage as exc:  # mlflow_tracking_uri set without the mlflow extra
+            log.error("%s", exc)
+            return 2
+        reconciler.run(stop)
     return 0
 
 

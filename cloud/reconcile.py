@@ -24,6 +24,7 @@ delivery failed, or whose reconciler died before delivering it, is sent again by
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from confluent_kafka import KafkaException, Message
@@ -32,6 +33,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cloud.rule import UPGRADE_VERSION, reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import SegmentKey, Store
+from cloud.tracking import open_disagreement_log
 from contracts import CloudTranscript, DecodeError, Draft, Final, Kafka, Segment, decode, encode
 from runtime.kafka import RECORD_OVERHEAD_BYTES, BatchWorker, Publisher, record_limit
 
@@ -62,6 +64,18 @@ class Reconciler(BatchWorker):
         self.store = store or Store(settings.store_url)
         self.max_record_bytes = record_limit(settings.kafka)
         self.tick_interval_s = min(5.0, settings.final_deadline_s / 4)
+        # MLflow (mlflow_tracking_uri): each agent's disagreement, logged from tick() (cloud.tracking)
+        self.tracking = open_disagreement_log(
+            settings, self.store, {"final_deadline_s": settings.final_deadline_s} | settings.checks.model_dump()
+        )
+
+    def run(self, stop: threading.Event) -> None:
+        """:meth:`BatchWorker.run`, then the MLflow run (if any) is ended."""
+        try:
+            super().run(stop)
+        finally:
+            if self.tracking is not None:
+                self.tracking.tracker.close()
 
     def _rule(self, transcript: CloudTranscript, draft_text: str | None) -> Final:
         """The final :func:`~cloud.rule.reconcile` makes, cut to fit one Kafka record: a transcript at
@@ -156,6 +170,8 @@ class Reconciler(BatchWorker):
         (for at most a couple of seconds, so batches go on), send them with any deadline final left
         unpublished, and mark them published once Kafka confirmed them. A store or Kafka failure is
         logged; the next tick tries again (claimed but unsent finals are sent after RESEND_AFTER_S)."""
+        if self.tracking is not None:
+            self.tracking.tick()  # never raises
         try:
             started = time.monotonic()
             finals: list[Final] = []

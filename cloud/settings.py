@@ -94,6 +94,15 @@ class WorkerSettings(ServiceSettings):
         description="This worker instance's name, written into each transcript.",
     )
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on this port.")
+    mlflow_tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking store (e.g. sqlite:///mlflow.db, or a server's http URL): a run per worker start "
+        "with its settings, per-batch metrics, per-agent disagreement; None: no tracking (needs the mlflow extra).",
+    )
+    mlflow_experiment: str = Field("edgecap", min_length=1, description="MLflow experiment the runs go to.")
+    mlflow_disagreement_every_s: float = Field(
+        300.0, gt=0, le=86400, description="Reconciler: log each agent's draft-to-final disagreement this often."
+    )
     final_deadline_s: float = Field(
         60.0,
         gt=0,

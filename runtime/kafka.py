@@ -49,6 +49,13 @@ HEALTHY = Gauge(
     "1 while a Kafka worker's batches go through; 0 while it retries one (its engine, store or Kafka fails).",
     ["worker"],
 )
+CONSUMER_LAG = Gauge(
+    "edgecap_worker_consumer_lag",
+    "Records of an assigned partition a Kafka worker has not yet taken in hand: the partition's high "
+    "watermark (as of the consumer's last fetch) minus the consumer's position; refreshed between "
+    "batches, at most every few seconds.",
+    ["worker", "topic", "partition"],
+)
 
 
 # --- configuration ------------------------------------------------------------------------
@@ -283,6 +290,68 @@ def _describe(partitions: list[TopicPartition]) -> str:
 # --- the batch worker ---------------------------------------------------------------------
 
 
+class ConsumerLag:
+    """``edgecap_worker_consumer_lag`` of one worker's consumer, per assigned partition: the high
+    watermark minus the position (the next offset the worker will take in hand; where it has taken
+    nothing yet, the group's committed offset, else the low watermark: where ``earliest`` starts).
+
+    The watermarks are those librdkafka cached from its last fetch response (``cached=True``), which
+    costs no request and is what the consumer's own ``consumer_lag`` statistic uses; a partition
+    without a fetch yet is left out. Partitions revoked since the last refresh are removed.
+    Refreshed at most every ``interval_s`` and only between batches, so during a long batch it
+    shows the lag as the batch began. A failure is logged, never raised: lag is only a metric."""
+
+    def __init__(self, worker: str, consumer: Consumer, interval_s: float) -> None:
+        self.worker = worker
+        self.consumer = consumer
+        self.interval_s = interval_s
+        self._next = 0.0
+        self._shown: set[tuple[str, str]] = set()
+
+    def refresh(self) -> None:
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval_s
+        try:
+            self._update()
+        except KafkaException as exc:
+            log.debug("consumer lag not refreshed: %s", exc)
+
+    def _update(self) -> None:
+        assigned = self.consumer.assignment()
+        positions = {(tp.topic, tp.partition): tp.offset for tp in self.consumer.position(assigned)} if assigned else {}
+        unknown = [TopicPartition(t, p) for (t, p), offset in positions.items() if offset < 0]
+        if unknown:
+            try:
+                for tp in self.consumer.committed(unknown, timeout=2):
+                    positions[(tp.topic, tp.partition)] = tp.offset
+            except KafkaException as exc:  # the group coordinator is away: from the low watermark
+                log.debug("committed offsets not read for the lag: %s", exc)
+        shown: set[tuple[str, str]] = set()
+        for (topic, partition), position in positions.items():
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
+            if high < 0:
+                continue  # nothing fetched from it yet
+            start = position if position >= 0 else max(low, 0)
+            labels = (topic, str(partition))
+            CONSUMER_LAG.labels(self.worker, *labels).set(max(0, high - start))
+            shown.add(labels)
+        self._remove(self._shown - shown)
+        self._shown = shown
+
+    def clear(self) -> None:
+        """Remove this consumer's series (the worker stopped: it has no partitions)."""
+        self._remove(self._shown)
+        self._shown = set()
+
+    def _remove(self, series: set[tuple[str, str]]) -> None:
+        for labels in series:
+            try:
+                CONSUMER_LAG.remove(self.worker, *labels)
+            except KeyError:  # already gone (another instance of the same worker in this process)
+                pass
+
+
 class Tally:
     """Counts of one worker instance by outcome (read by tests and logs), mirrored into Prometheus."""
 
@@ -331,6 +400,8 @@ class BatchWorker(ABC):
     between batches, so the batch in hand is finished and its offsets stored; closing the consumer
     commits them. A worker that crashes before storing a batch's offsets leaves that batch to be
     redone by the group: outputs are at least once, and consumers downstream tolerate duplicates.
+    Between batches the loop refreshes ``edgecap_worker_consumer_lag`` (:class:`ConsumerLag`, at most
+    every ``lag_interval_s``).
 
     Work that no record brings (the reconciler's deadline finals) goes in :meth:`tick`: with
     ``tick_interval_s`` set, the loop calls it between batches, in its own thread (never while a
@@ -347,6 +418,7 @@ class BatchWorker(ABC):
     max_retry_pause_s: float = 30.0
     max_record_failures: int = 3  # a record that makes handle() raise alone this often is dead-lettered
     tick_interval_s: float | None = None  # call tick() between batches at most this often; None: never
+    lag_interval_s: float = 5.0  # refresh edgecap_worker_consumer_lag at most this often (ConsumerLag)
 
     def __init__(self, kafka: KafkaSettings, group: str, session_timeout_ms: int, topic_partitions: int) -> None:
         """``group`` is the consumer group the worker's replicas share (they split the inputs'
@@ -374,6 +446,7 @@ class BatchWorker(ABC):
         ensure_topics(self.kafka, dict.fromkeys([*self.inputs, *self.outputs]), self.topic_partitions)
         publisher = Publisher(self.kafka)
         consumer = open_consumer(self.kafka, self.group, list(self.inputs), self.session_timeout_ms)
+        lag = ConsumerLag(self.name, consumer, self.lag_interval_s)
         healthy = HEALTHY.labels(self.name)
         healthy.set(1)
         pause = self.retry_pause_s
@@ -383,6 +456,7 @@ class BatchWorker(ABC):
                 if self.tick_interval_s is not None and time.monotonic() >= next_tick:
                     self.tick(publisher)
                     next_tick = time.monotonic() + self.tick_interval_s
+                lag.refresh()
                 batch = poll_batch(consumer, self.batch_size, self.max_wait_s)
                 if not batch:
                     continue
@@ -397,6 +471,7 @@ class BatchWorker(ABC):
                     stop.wait(pause)
                     pause = min(2 * pause, self.max_retry_pause_s)
         finally:
+            lag.clear()
             publisher.close()
             consumer.close()
             log.info("%s worker stopped: %s", self.name, dict(self.tally.counts))

@@ -10,7 +10,9 @@ be had on demand, so these engines stand in for it (subclassing the real interfa
 
 - ``echo-test``: a transcript made from the audio's length, at once;
 - ``killer-test``: the same, but the process kills itself (SIGKILL, as a segfault or the OOM killer
-  would) when a batch holds a segment of exactly ``POISON_SAMPLES`` samples.
+  would) when a batch holds a segment of exactly ``POISON_SAMPLES`` samples;
+- ``slow-test``: the same as ``echo-test``, but each batch takes ``SLOW_BATCH_S`` and says on stderr
+  when it starts (``slow-test: batch of N``), so a test can signal the process mid-batch.
 
 ``--die-after-finals N`` makes the reconciler SIGKILL itself right after the store committed its
 N-th final and before that final is produced to Kafka: the crash between the two writes.
@@ -34,6 +36,7 @@ from cloud.settings import WorkerSettings
 from contracts import Transcript
 
 POISON_SAMPLES = 4321  # a segment of exactly this length kills the killer-test engine's process
+SLOW_BATCH_S = 3.0  # how long the slow-test engine takes per batch
 
 
 class EchoEngine(TranscriptionEngine):
@@ -59,6 +62,18 @@ class KillerEngine(EchoEngine):
         if any(a.size == POISON_SAMPLES for a in audios):
             print(f"killer-test: poison in a batch of {len(audios)}: SIGKILL", file=sys.stderr, flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().transcribe_batch(audios)
+
+
+class SlowEngine(EchoEngine):
+    """Takes ``SLOW_BATCH_S`` per batch, announcing each on stderr as it starts."""
+
+    type_key = "slow-test"
+    model_id = "slow-test"
+
+    def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
+        print(f"slow-test: batch of {len(audios)}", file=sys.stderr, flush=True)
+        time.sleep(SLOW_BATCH_S)  # a signal's handler runs meanwhile; the sleep then goes on (PEP 475)
         return super().transcribe_batch(audios)
 
 
@@ -99,6 +114,7 @@ def main(argv: list[str]) -> int:
     # registered only in the worker process: the test session's registry stays the product's
     ENGINES.register(EchoEngine)
     ENGINES.register(KillerEngine)
+    ENGINES.register(SlowEngine)
     if "--die-after-finals" in argv:
         at = argv.index("--die-after-finals")
         die_after_finals(int(argv[at + 1]))

@@ -85,7 +85,7 @@ def test_a_record_that_makes_the_worker_raise_is_dead_lettered_and_the_rest_flow
     produce(kafka, key, [b"bug"])  # alone in its batch: dead-lettered after max_record_failures tries
     wait_until(lambda: len(read_keyed(kafka.bootstrap, Kafka.DEADLETTER, key, 2, 5)) >= 2, 60, "the lone bug")
     produce(kafka, key, [b"three"])
-    assert b"three" in read_keyed(kafka.bootstrap, Kafka.TRANSCRIPTS, key, 3, 30)
+    wait_until(lambda: b"three" in read_keyed(kafka.bootstrap, Kafka.TRANSCRIPTS, key, 3, 5), 60, "the next record")
     assert running.tally["failed_batch"] >= 2 and running.tally.dead_letters[Reason.INVALID.value] == 2
 
 
