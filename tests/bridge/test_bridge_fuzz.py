@@ -10,7 +10,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+import fuzzing
 import pytest
+from fuzzing import big_numbers, json_values
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import Agent, bridge_settings, make_segment, unique, wait_until
@@ -26,12 +28,6 @@ SEGMENT = encode(make_segment(AGENT, 7))  # drawn once: hypothesis needs the sam
 VALID = json.loads(SEGMENT)
 FIELDS = sorted(VALID) + ["audio.sample_rate", "audio.data", "audio.codec", "draft.text", "draft.produced_at"]
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=20,
-)
-big_numbers = st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**400, 1e308, -0.0, 4e9, 1e-320])
 
 
 @st.composite
@@ -45,21 +41,8 @@ def one_field_replaced(draw: st.DrawFn) -> bytes:
     return json.dumps(message).encode()
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    raw = bytearray(SEGMENT)
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(raw) - 1))
-        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if kind == "flip":
-            raw[at] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            del raw[at : at + draw(st.integers(1, 64))]
-        else:
-            raw[at:at] = draw(st.sampled_from([b"[" * 5000, b"\\ud800", b"\xff\xfe", b'"seq":1,', b"NaN", b"}"]))
-        if not raw:
-            break
-    return bytes(raw)
+def mutated() -> st.SearchStrategy[bytes]:
+    return fuzzing.mutated(SEGMENT, [b'"seq":1,'])
 
 
 payloads = st.lists(

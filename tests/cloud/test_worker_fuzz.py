@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fuzzing
 import pytest
 from cloud_procs import EchoEngine
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from fuzzing import big_numbers, json_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
@@ -158,12 +160,6 @@ def _limit_edits(topic: str) -> list[tuple[tuple[str, ...], Any]]:
 
 LIMITS: dict[str, list[tuple[tuple[str, ...], Any]]] = {topic: _limit_edits(topic) for topic in INPUTS}
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=20,
-)
-big_numbers = st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**400, 1e308, -0.0, 4e9, 1e-320])
 
 
 def _dumps(message: dict[str, Any]) -> bytes:
@@ -191,24 +187,8 @@ def at_a_limit(draw: st.DrawFn, topic: str) -> bytes:
     return _replace(topic, path, value)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, topic: str) -> bytes:
-    raw = bytearray(_dumps(BASES[topic]))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(raw) - 1))
-        kind = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if kind == "flip":
-            raw[at] = draw(st.integers(0, 255))
-        elif kind == "cut":
-            del raw[at : at + draw(st.integers(1, 64))]
-        else:
-            raw[at:at] = draw(
-                st.sampled_from([b"[" * 5000, b'{"a":' * 3000, b"\\ud800", b"\xff\xfe", b'"seq":1,', b"NaN",
-                                 b"Infinity", b"-Infinity", b"}", b'"schema":"edgecap.final.v1",'])
-            )  # fmt: skip
-        if not raw:
-            break
-    return bytes(raw)
+def mutated(topic: str) -> st.SearchStrategy[bytes]:
+    return fuzzing.mutated(_dumps(BASES[topic]), [b'"seq":1,', b'"schema":"edgecap.final.v1",'])
 
 
 @dataclass(frozen=True)

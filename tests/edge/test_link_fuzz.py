@@ -23,8 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import fuzzing
 import paho.mqtt.client as mqtt
 import pytest
+from fuzzing import big_numbers, json_values
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from support import commit_segments, make_segment, unique, wait_until
@@ -113,12 +115,6 @@ LIMITS: dict[str, list[tuple[tuple[str, ...], Any]]] = {
     ],
 }  # fmt: skip
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
-    max_leaves=20,
-)
-big_numbers = st.sampled_from([2**63, 2**64, -(2**63) - 1, 10**400, 1e308, -0.0, 4e9, 1e-320])
 
 
 def _replace(kind: str, path: tuple[str, ...], value: Any) -> bytes:
@@ -141,24 +137,8 @@ def at_a_limit(draw: st.DrawFn, kind: str) -> bytes:
     return _replace(kind, path, value)
 
 
-@st.composite
-def mutated(draw: st.DrawFn, kind: str) -> bytes:
-    raw = bytearray(json.dumps(BASES[kind]).encode())
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, len(raw) - 1))
-        how = draw(st.sampled_from(["flip", "cut", "insert"]))
-        if how == "flip":
-            raw[at] = draw(st.integers(0, 255))
-        elif how == "cut":
-            del raw[at : at + draw(st.integers(1, 64))]
-        else:
-            raw[at:at] = draw(
-                st.sampled_from([b"[" * 5000, b'{"a":' * 3000, b"\\ud800", b"\xff\xfe", b"NaN", b"Infinity", b"}",
-                                 b'"version":1,', b'"schema":"edgecap.status.v1",'])
-            )  # fmt: skip
-        if not raw:
-            break
-    return bytes(raw)
+def mutated(kind: str) -> st.SearchStrategy[bytes]:
+    return fuzzing.mutated(json.dumps(BASES[kind]).encode(), [b'"version":1,', b'"schema":"edgecap.status.v1",'])
 
 
 @st.composite
