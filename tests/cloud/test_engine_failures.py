@@ -11,15 +11,14 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 from prometheus_client import REGISTRY
-from support import make_segment, read_keyed, unique, wait_until
+from support import make_segment, produce_segments, read_keyed, unique, wait_until
 
 from cloud.asr import TranscriptionEngine
 from cloud.settings import WorkerSettings
 from cloud.store import Store
 from cloud.transcribe import TranscribeWorker
-from contracts import CloudTranscript, DeadLetter, Kafka, Reason, Segment, Transcript, decode, encode
+from contracts import CloudTranscript, DeadLetter, Kafka, Reason, Transcript, decode, encode
 from devtools.brokers import Tansu
 from runtime.settings import KafkaSettings
 
@@ -77,13 +76,6 @@ def agent() -> str:
     return unique("pi-engine")
 
 
-def produce(kafka: Tansu, segments: list[Segment]) -> None:
-    producer = Producer({"bootstrap.servers": kafka.bootstrap})
-    for segment in segments:
-        producer.produce(Kafka.SEGMENTS, key=segment.agent_id, value=encode(segment))
-    assert producer.flush(10) == 0
-
-
 def healthy() -> float | None:
     return REGISTRY.get_sample_value("edgecap_worker_healthy", {"worker": "transcribe"})
 
@@ -102,7 +94,7 @@ def test_a_broken_engine_dead_letters_nothing_and_resumes(
 ) -> None:
     engine = FailingEngine(WorkerSettings(), broken=True)
     segments = [make_segment(agent, seq, seconds=0.2 + 0.2 * seq) for seq in range(3)]  # none is poison
-    produce(kafka, segments)
+    produce_segments(kafka.bootstrap, segments)
     running.append(worker := Running(kafka, engine, batch_size))
     wait_until(lambda: worker.worker.tally["engine_down"] >= 3, 30, "three failed attempts")
     assert healthy() == 0.0
@@ -123,7 +115,7 @@ def test_a_segment_the_working_engine_fails_on_is_dead_lettered_and_the_rest_flo
     engine = FailingEngine(WorkerSettings(), broken=False)
     poison = make_segment(agent, 1, seconds=POISON_S)
     segments = [make_segment(agent, 0, seconds=0.2), poison, make_segment(agent, 2, seconds=0.5)]
-    produce(kafka, segments)
+    produce_segments(kafka.bootstrap, segments)
     running.append(worker := Running(kafka, engine, batch_size))
     out = [decode(v, CloudTranscript) for v in read_keyed(kafka.bootstrap, Kafka.TRANSCRIPTS, agent, 2, 30)]
     assert sorted(t.seq for t in out) == [0, 2]
@@ -142,7 +134,7 @@ def test_a_segment_longer_than_max_audio_s_is_dead_lettered_before_it_is_decoded
     long = make_segment(agent, 0)
     silence = to_audio(bytes(2 * 16000 * 61), 16000, 1, "flac")  # 61 s, a few kB
     long = long.model_copy(update={"audio": silence})
-    produce(kafka, [long, make_segment(agent, 1, seconds=0.5)])
+    produce_segments(kafka.bootstrap, [long, make_segment(agent, 1, seconds=0.5)])
     running.append(Running(kafka, FailingEngine(WorkerSettings(), broken=False), 8))
     out = [decode(v, CloudTranscript) for v in read_keyed(kafka.bootstrap, Kafka.TRANSCRIPTS, agent, 1, 30)]
     assert [t.seq for t in out] == [1]

@@ -13,25 +13,17 @@ from pathlib import Path
 
 import pytest
 from cloud_procs import POISON_SAMPLES, cloud_worker
-from confluent_kafka import Producer
-from support import make_segment, read_keyed, unique, wait_until
+from support import make_segment, produce_segments, read_keyed, unique, wait_until
 
 from cloud.settings import WorkerSettings
 from cloud.store import Store
-from contracts import CloudTranscript, DeadLetter, Kafka, Reason, Segment, decode, encode
+from contracts import CloudTranscript, DeadLetter, Kafka, Reason, decode, encode
 from devtools.brokers import Tansu
 from runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 
 MAX_ATTEMPTS = 3
-
-
-def produce(kafka: Tansu, segments: list[Segment]) -> None:
-    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": "all", "enable.idempotence": True})
-    for segment in segments:
-        producer.produce(Kafka.SEGMENTS, key=segment.agent_id, value=encode(segment))
-    assert producer.flush(10) == 0
 
 
 def test_a_segment_that_kills_the_worker_is_dead_lettered_after_n_deaths(kafka: Tansu, tmp_path: Path) -> None:
@@ -51,7 +43,7 @@ def test_a_segment_that_kills_the_worker_is_dead_lettered_after_n_deaths(kafka: 
     poison = make_segment(agent, 3)
     poison = poison.model_copy(update={"audio": poison.audio.model_copy(update={"data": bytes(2 * POISON_SAMPLES)})})
     before = [make_segment(agent, seq, seconds=0.2 + 0.05 * seq) for seq in (0, 1, 2, 4, 5, 6, 7)]
-    produce(kafka, [*before[:3], poison, *before[3:]])  # one batch of eight, the poison among them
+    produce_segments(kafka.bootstrap, [*before[:3], poison, *before[3:]])  # one batch of eight, the poison among them
 
     deaths = 0
 
@@ -80,7 +72,7 @@ def test_a_segment_that_kills_the_worker_is_dead_lettered_after_n_deaths(kafka: 
         assert deaths == MAX_ATTEMPTS, worker.log_tail()
 
         after = [make_segment(agent, seq) for seq in (8, 9)]
-        produce(kafka, after)
+        produce_segments(kafka.bootstrap, after)
         out: list[CloudTranscript] = []
 
         def all_transcribed() -> bool:

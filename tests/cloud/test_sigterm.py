@@ -14,24 +14,17 @@ from pathlib import Path
 
 import pytest
 from cloud_procs import cloud_worker
-from confluent_kafka import Consumer, Producer, TopicPartition
-from support import keyed, make_segment, read_topic, unique, wait_until
+from confluent_kafka import Consumer, TopicPartition
+from support import keyed, make_segment, produce_segments, read_topic, unique, wait_until
 
 from cloud.settings import WorkerSettings
-from contracts import CloudTranscript, Kafka, Segment, decode, encode
+from contracts import CloudTranscript, Kafka, decode
 from devtools.brokers import Tansu
 from runtime.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 
 BATCH_STARTED = re.compile(r"slow-test: batch of (\d+)")
-
-
-def produce(kafka: Tansu, segments: list[Segment]) -> None:
-    producer = Producer({"bootstrap.servers": kafka.bootstrap, "acks": "all", "enable.idempotence": True})
-    for segment in segments:
-        producer.produce(Kafka.SEGMENTS, key=segment.agent_id, value=encode(segment))
-    assert producer.flush(10) == 0
 
 
 def committed(kafka: Tansu, group: str) -> int:
@@ -69,7 +62,7 @@ def test_sigterm_mid_batch_finishes_publishes_and_commits_it(tmp_path: Path) -> 
             max_wait_ms=1000,
         )
         first = [make_segment(agent, seq, seconds=0.2 + 0.05 * seq) for seq in range(4)]
-        produce(kafka, first)
+        produce_segments(kafka.bootstrap, first)
         worker = cloud_worker("transcribe", settings, tmp_path, engine="slow-test")
         worker.start()
         try:
@@ -95,7 +88,7 @@ def test_sigterm_mid_batch_finishes_publishes_and_commits_it(tmp_path: Path) -> 
         # the same group again: the committed batch is not redone, the rest and a new segment are done once
         again = cloud_worker("transcribe", settings, tmp_path, engine="echo-test")
         last = make_segment(agent, 4, seconds=1.0)  # the longest: last of any batch it shares (sorted by length)
-        produce(kafka, [last])
+        produce_segments(kafka.bootstrap, [last])
         again.start()
         try:
             out = transcripts(kafka, agent, done_seq=4)

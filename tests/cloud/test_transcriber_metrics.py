@@ -14,9 +14,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from confluent_kafka import Producer
 from prometheus_client import REGISTRY
-from support import make_segment, read_keyed, unique, wait_until
+from support import make_segment, produce_segments, read_keyed, unique, wait_until
 
 from cloud import transcribe
 from cloud.asr import TranscriptionEngine
@@ -162,13 +161,6 @@ def broker() -> Iterator[Tansu]:
         yield b
 
 
-def produce(bootstrap: str, segments: list[Segment]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap})
-    for segment in segments:
-        producer.produce(Kafka.SEGMENTS, key=segment.agent_id, value=encode(segment))
-    assert producer.flush(10) == 0
-
-
 def aged(segment: Segment, seconds: float) -> Segment:
     """``segment`` as if its utterance ended ``seconds`` ago."""
     times = {"started_at": segment.started_at - seconds, "ended_at": segment.ended_at - seconds}
@@ -182,7 +174,7 @@ def test_batch_metrics_lag_and_the_oldest_segment_age(broker: Tansu) -> None:
     worker = TranscribeWorker(worker_settings(broker.bootstrap, batch_size=2), engine, Store("sqlite://"))
     worker.lag_interval_s = 0.0  # refresh between every batch
     segments = [aged(make_segment(agent, seq, seconds=0.5), 40) for seq in range(6)]
-    produce(broker.bootstrap, segments)
+    produce_segments(broker.bootstrap, segments)
     before = {
         name: sample(name)
         for name in (
@@ -259,7 +251,7 @@ def test_out_of_memory_through_kafka_every_segment_transcribed_the_huge_one_dead
     worker = TranscribeWorker(worker_settings(broker.bootstrap, batch_size=8, max_wait_ms=1000), engine,
                               Store("sqlite://"))  # fmt: skip
     segments = [make_segment(agent, seq, seconds=0.3 + 0.1 * seq) for seq in range(5)] + [huge]
-    produce(broker.bootstrap, segments)
+    produce_segments(broker.bootstrap, segments)
     running = Running(worker)
     try:
         out = [decode(v, CloudTranscript) for v in read_keyed(broker.bootstrap, Kafka.TRANSCRIPTS, agent, 5, 30)]
@@ -270,7 +262,7 @@ def test_out_of_memory_through_kafka_every_segment_transcribed_the_huge_one_dead
         assert worker.batch_size <= 2
         # later batches are taken at the lowered size
         engine.calls.clear()
-        produce(broker.bootstrap, [make_segment(agent, seq, seconds=0.3) for seq in range(6, 12)])
+        produce_segments(broker.bootstrap, [make_segment(agent, seq, seconds=0.3) for seq in range(6, 12)])
         more = read_keyed(broker.bootstrap, Kafka.TRANSCRIPTS, agent, 11, 30)
         assert len({decode(v, CloudTranscript).seq for v in more}) == 11
         assert engine.calls and max(engine.calls) <= 2
