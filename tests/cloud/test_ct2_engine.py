@@ -41,8 +41,9 @@ def engine(models_dir: Path) -> TranscriptionEngine:
         pytest.skip("no CTranslate2 tiny.en: run `edgecap models prepare`")
     pytest.importorskip("ctranslate2")
     pytest.importorskip("faster_whisper")
-    # the model's root: the engine takes its ct2/ folder
-    return create_engine(WorkerSettings(model_dir=models_dir / "tiny.en", threads=2, beam_size=1))
+    # the model's root: the engine takes its ct2/ folder; each utterance in its own window (packing
+    # shares windows: tests/cloud/test_packing.py, and the packed test below)
+    return create_engine(WorkerSettings(model_dir=models_dir / "tiny.en", threads=2, beam_size=1, packing=False))
 
 
 def check_transcript(t: Transcript, reference: str, seconds: float) -> None:
@@ -75,6 +76,22 @@ def test_sample_utterances_with_words_and_quality(engine: TranscriptionEngine) -
     assert len(out) == len(items)
     for (reference, audio), t in zip(items, out, strict=True):
         check_transcript(t, reference, audio.size / RATE)
+
+
+@pytest.mark.models
+def test_sample_utterances_packed_pass_the_same_checks(models_dir: Path, engine: TranscriptionEngine) -> None:
+    packed = create_engine(WorkerSettings(model_dir=models_dir / "tiny.en", threads=2, beam_size=1, packing=True))
+    items = utterances()
+    out = packed.transcribe_batch([a for _, a in items])
+    audio_s = sum(a.size for _, a in items) / RATE
+    assert packed.last_windows < len(items)  # they shared windows
+    assert packed.last_padding_s == pytest.approx(30 * packed.last_windows - audio_s, abs=0.01)
+    engine.transcribe_batch([a for _, a in items])
+    assert engine.last_windows == len(items)
+    assert engine.last_padding_s == pytest.approx(30 * len(items) - audio_s, abs=0.01)
+    for (reference, audio), t in zip(items, out, strict=True):
+        check_transcript(t, reference, audio.size / RATE)
+    packed.close()
 
 
 @pytest.mark.models
