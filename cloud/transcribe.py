@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 def _key(segment: Segment) -> SegmentKey:
     return (segment.agent_id, segment.segment_id)
 
+
 DEFAULT_GROUP = "edgecap-transcribe"
 PROBE_SAMPLES = SAMPLE_RATE  # the probe that tells a broken engine from a bad segment: 1 s of silence
 OOM_RECOVERY_BATCHES = 50  # full batches without running out of memory before the batch size grows by one
