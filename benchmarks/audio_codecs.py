@@ -38,21 +38,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.corpus import TEXTS, recordings, vad_segments  # noqa: E402
 from runtime.audiocodec import OPUS_COMPRESSION_LEVEL, encode  # noqa: E402
 from runtime.settings import models_dir as default_models_dir  # noqa: E402
 
-TEXTS = [
-    "It was a bright cold day in April and the clocks were striking thirteen.",
-    "Call me later tonight.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "I would like a cup of tea with milk and no sugar please, and some biscuits if you have them.",
-    "The meeting has been moved to Thursday afternoon because half of the team is travelling.",
-    "Please turn off the lights in the kitchen before you leave the house.",
-    "Seventeen people signed up for the workshop, but only nine of them showed up on Monday.",
-    "Our flight to Lisbon leaves at half past six, so we should be at the airport by five.",
-    "The thermostat reads twenty one degrees, which is warm enough for the baby's room.",
-    "Remind me to water the tomatoes and to call the plumber about the leaking pipe.",
-]
 RATE = 16000
 BAR_POINTS = 0.3
 BATCH = 8
@@ -60,23 +49,8 @@ BATCH = 8
 
 def corpus(workdir: Path) -> list[tuple[bytes, str]]:
     """(PCM16 bytes, reference text) per segment the agent's VAD cuts from each recording."""
-    import soundfile as sf
-
-    from devtools.speech import sample_recording, synthesize
-    from edge_agent.vad import WebrtcSegmenter
-
-    recordings = [sample_recording()]
-    for voice, snr in (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0)):
-        recordings.append(synthesize(TEXTS, workdir / f"{voice}-{snr}.wav", voice=voice, snr_db=snr, seed=5,
-                                     gap_s=(0.9, 1.3)))
-    out = []
-    for rec in recordings:
-        pcm = sf.read(str(rec.path), dtype="int16")[0].tobytes()
-        vad = WebrtcSegmenter()
-        for seg in vad.feed(pcm, 0.0) + vad.flush():
-            texts = [u.text for u in rec.utterances if u.start_s < seg.ended_at and u.end_s > seg.started_at]
-            out.append((seg.pcm, " ".join(texts)))
-    return out
+    voices = (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0))
+    return [seg for rec in recordings(workdir, TEXTS[:10], voices, seed=5) for seg in vad_segments(rec)]
 
 
 def cpu_per_second(action: object, seconds: float, reps: int) -> float:

@@ -39,26 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.corpus import TEXTS, as_float, recordings, vad_segments  # noqa: E402
 from runtime.settings import models_dir as default_models_dir  # noqa: E402
 
-TEXTS = [
-    "It was a bright cold day in April and the clocks were striking thirteen.",
-    "Call me later tonight.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "I would like a cup of tea with milk and no sugar please, and some biscuits if you have them.",
-    "The meeting has been moved to Thursday afternoon because half of the team is travelling.",
-    "Please turn off the lights in the kitchen before you leave the house.",
-    "Seventeen people signed up for the workshop, but only nine of them showed up on Monday.",
-    "Our flight to Lisbon leaves at half past six, so we should be at the airport by five.",
-    "The thermostat reads twenty one degrees, which is warm enough for the baby's room.",
-    "Remind me to water the tomatoes and to call the plumber about the leaking pipe.",
-    "The committee approved the budget after a long and rather heated discussion.",
-    "She bought three apples, a loaf of bread and a jar of honey at the corner shop.",
-    "If the train is late again, we will take a taxi straight to the concert hall.",
-    "Scientists measured the temperature of the lake every morning for a whole year.",
-    "He forgot his umbrella on the bus and walked home in the pouring rain.",
-    "The children built a small wooden boat and sailed it across the pond.",
-]
 SETS = {"clean": [("piper", None)], "noisy": [("piper", 10.0)], "espeak": [("espeak", None)]}
 RATE = 16000
 BATCH = 8
@@ -83,26 +66,11 @@ CANDIDATES = [
 
 def corpus(workdir: Path, texts: list[str]) -> dict[str, list[tuple[np.ndarray, str]]]:
     """Per set: (float32 audio, reference text) per segment the agent's VAD cuts."""
-    import soundfile as sf
-
-    from devtools.speech import sample_recording, synthesize
-    from edge_agent.vad import WebrtcSegmenter
-
-    out: dict[str, list[tuple[np.ndarray, str]]] = {}
-    for name, voices in SETS.items():
-        recordings = [sample_recording()] if name == "clean" else []
-        for voice, snr in voices:
-            recordings.append(synthesize(texts, workdir / f"{name}-{voice}.wav", voice=voice, snr_db=snr, seed=11,
-                                         gap_s=(0.9, 1.3)))  # fmt: skip
-        segs = []
-        for rec in recordings:
-            pcm = sf.read(str(rec.path), dtype="int16")[0].tobytes()
-            vad = WebrtcSegmenter()
-            for seg in vad.feed(pcm, 0.0) + vad.flush():
-                said = [u.text for u in rec.utterances if u.start_s < seg.ended_at and u.end_s > seg.started_at]
-                segs.append((np.frombuffer(seg.pcm, np.int16).astype(np.float32) / 32768.0, " ".join(said)))
-        out[name] = segs
-    return out
+    return {
+        name: [(as_float(pcm), said) for rec in recordings(workdir, texts, voices, seed=11, sample=name == "clean")
+               for pcm, said in vad_segments(rec)]
+        for name, voices in SETS.items()
+    }  # fmt: skip
 
 
 def drafts(models_dir: Path, audios: list[np.ndarray]) -> tuple[list[str], float]:

@@ -38,35 +38,16 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TEXTS = [
-    "It was a bright cold day in April and the clocks were striking thirteen.",
-    "Call me later tonight.",
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "I would like a cup of tea with milk and no sugar please, and some biscuits if you have them.",
-    "The meeting has been moved to Thursday afternoon because half of the team is travelling.",
-]
+from benchmarks.corpus import TEXTS, as_float, recordings, vad_segments  # noqa: E402
+
 RATE = 16000
 
 
 def segments(workdir: Path) -> list[tuple[np.ndarray, str]]:
     """(float32 audio, reference text) per utterance, cut by the agent's VAD."""
-    import soundfile as sf
-
-    from devtools.speech import sample_recording, synthesize
-    from edge_agent.vad import WebrtcSegmenter
-
-    recordings = [sample_recording()]
-    for voice, snr in (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0)):
-        recordings.append(synthesize(TEXTS, workdir / f"{voice}-{snr}.wav", voice=voice, snr_db=snr, seed=3,
-                                     gap_s=(0.9, 1.3)))
-    out = []
-    for rec in recordings:
-        pcm = sf.read(str(rec.path), dtype="int16")[0].tobytes()
-        vad = WebrtcSegmenter()
-        for seg in vad.feed(pcm, 0.0) + vad.flush():
-            texts = [u.text for u in rec.utterances if u.start_s < seg.ended_at and u.end_s > seg.started_at]
-            out.append((np.frombuffer(seg.pcm, np.int16).astype(np.float32) / 32768.0, " ".join(texts)))
-    return out
+    voices = (("piper", None), ("espeak", None), ("piper", 20.0), ("espeak", 20.0))
+    recs = recordings(workdir, TEXTS[:5], voices, seed=3)
+    return [(as_float(pcm), said) for rec in recs for pcm, said in vad_segments(rec)]
 
 
 def faster_whisper_dir() -> str:
