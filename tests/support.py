@@ -24,7 +24,20 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from pydantic import BaseModel, SecretStr
 
 from bridge.settings import BridgeSettings
-from contracts import Audio, Down, Kafka, Receipt, Segment, Transcript, Up, decode, encode, mqtt_topic, new_segment_id
+from contracts import (
+    Audio,
+    Down,
+    Kafka,
+    Receipt,
+    Segment,
+    Status,
+    Transcript,
+    Up,
+    decode,
+    encode,
+    mqtt_topic,
+    new_segment_id,
+)
 from devtools.brokers import Mosquitto
 from edge_agent.outbox import Outbox
 from runtime.settings import KafkaSettings, MqttSettings, ServiceSettings
@@ -154,6 +167,39 @@ def bridge_settings(mosquitto: Mosquitto, bootstrap: str, **overrides: Any) -> B
         "metrics_host": "127.0.0.1",
     }
     return BridgeSettings.load(**(values | overrides))
+
+
+class StatusWatcher:
+    """Every status ``agent_id`` publishes on a plain loopback broker, in order."""
+
+    def __init__(self, port: int, agent_id: str) -> None:
+        self.statuses: list[Status] = []
+        self.lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda *_: subscribed.set()
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(mqtt_topic(agent_id, Up.STATUS), qos=1)
+        self.client.loop_start()
+        assert subscribed.wait(10)
+
+    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
+        with self.lock:
+            self.statuses.append(decode(bytes(msg.payload), Status))
+
+    def online(self) -> list[Status]:
+        """The statuses of the agent while online (not its last will), oldest first."""
+        with self.lock:
+            return [s for s in self.statuses if s.online]
+
+    def latest(self) -> Status | None:
+        online = self.online()
+        return online[-1] if online else None
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
 
 
 class Agent:

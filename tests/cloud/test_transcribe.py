@@ -119,6 +119,27 @@ def test_engine_transcribes_a_batch_in_order(engine: TranscriptionEngine) -> Non
         assert t.model_id.startswith("whisper-tiny.en@hf-fp32:") and t.language == "en"
 
 
+def start_worker(
+    broker: Tansu, engine: TranscriptionEngine
+) -> tuple[TranscribeWorker, threading.Event, threading.Thread]:
+    """A transcription worker in a thread on its own group (batches of 8 within 0.5 s), attempt
+    counts in memory; the caller sets the event and joins the thread."""
+    settings = WorkerSettings(
+        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
+        group=f"edgecap-transcribe-test-{uuid.uuid4()}",
+        session_timeout_ms=2000,
+        topic_partitions=2,
+        batch_size=8,
+        max_wait_ms=500,
+        worker_name="test-worker",
+    )
+    worker = TranscribeWorker(settings, engine, Store("sqlite://"))
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    return worker, stop, thread
+
+
 @pytest.mark.integration
 @pytest.mark.models
 def test_worker_batches_segments_and_dead_letters_garbage(broker: Tansu, engine: TranscriptionEngine) -> None:
@@ -131,19 +152,7 @@ def test_worker_batches_segments_and_dead_letters_garbage(broker: Tansu, engine:
         producer.produce(Kafka.SEGMENTS, value=encode(s), key=AGENT.encode())
     assert producer.flush(10) == 0
 
-    settings = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
-        group=f"edgecap-transcribe-test-{uuid.uuid4()}",
-        session_timeout_ms=2000,
-        topic_partitions=2,
-        batch_size=8,
-        max_wait_ms=500,
-        worker_name="test-worker",
-    )
-    worker = TranscribeWorker(settings, engine, Store("sqlite://"))  # attempt counts in memory
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
+    worker, stop, thread = start_worker(broker, engine)
     try:
         ids = {s.segment_id for s in first}
         out = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 3, ids, 60)]
@@ -222,19 +231,7 @@ def opus_flac_and_corrupt_through(broker: Tansu, engine: TranscriptionEngine) ->
         producer.produce(Kafka.SEGMENTS, value=raw, key=AGENT.encode())
     assert producer.flush(10) == 0
 
-    settings = WorkerSettings(
-        kafka=KafkaSettings(bootstrap_servers=broker.bootstrap),
-        group=f"edgecap-transcribe-test-{uuid.uuid4()}",
-        session_timeout_ms=2000,
-        topic_partitions=2,
-        batch_size=8,
-        max_wait_ms=500,
-        worker_name="test-worker",
-    )
-    worker = TranscribeWorker(settings, engine, Store("sqlite://"))  # attempt counts in memory
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
+    worker, stop, thread = start_worker(broker, engine)
     try:
         ids = {opus.segment_id, flac.segment_id}
         transcripts = [decode(v, CloudTranscript) for v in read(broker, Kafka.TRANSCRIPTS, 2, ids, 60)]

@@ -27,9 +27,9 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
 from agents_sim import Service, bridge_service
-from support import commit_segments, keyed, read_topic, service_env, wait_until
+from support import StatusWatcher, commit_segments, keyed, read_topic, service_env, wait_until
 
-from contracts import Down, Kafka, Receipt, Segment, Status, Up, decode, encode, mqtt_filter, mqtt_topic
+from contracts import Down, Kafka, Receipt, Segment, Up, decode, encode, mqtt_filter, mqtt_topic
 from devtools import SAMPLES_DIR
 from devtools.brokers import Mosquitto, Tansu
 from edge_agent.link import MqttLink
@@ -73,35 +73,6 @@ def fill_up(path: Path) -> int:
     finally:
         os.close(fd)
     return written
-
-
-class StatusWatcher:
-    """Every status the agent publishes, in order."""
-
-    def __init__(self, port: int) -> None:
-        self.statuses: list[Status] = []
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(mqtt_topic(AGENT, Up.STATUS), qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10)
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.statuses.append(decode(bytes(msg.payload), Status))
-
-    def latest(self) -> Status | None:
-        with self.lock:
-            online = [s for s in self.statuses if s.online]
-        return online[-1] if online else None
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def drafts_shown(log: Path) -> int:
@@ -201,7 +172,7 @@ def test_a_full_disk_stops_no_thread_and_uploads_resume_when_space_returns(
     agent = Service("agent", ["-m", "edge_agent", "--input", str(recording)],
                     service_env(settings) | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}, agent_log)
     bridge = bridge_service(mosquitto, kafka.bootstrap, tmp_path)
-    watcher = StatusWatcher(mosquitto.port)
+    watcher = StatusWatcher(mosquitto.port, AGENT)
 
     def logs() -> str:
         return agent.log_tail(6000) + bridge.log_tail(2000)

@@ -12,16 +12,14 @@ import os
 import sqlite3
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
-import paho.mqtt.client as mqtt
 import pytest
 from agents_sim import Service, bridge_service
-from support import REPO, read_keyed, service_env, wait_until
+from support import REPO, StatusWatcher, read_keyed, service_env, wait_until
 
-from contracts import Kafka, Segment, Status, Up, decode, mqtt_topic
+from contracts import Kafka, Segment, decode
 from devtools import SAMPLES_DIR
 from devtools.brokers import Mosquitto, Tansu
 from edge_agent.link import MqttLink
@@ -115,34 +113,6 @@ def test_refuse_new_audio_keeps_quarantined_segments(tmp_path: Path) -> None:
 # --- with real processes --------------------------------------------------------------------------
 
 AGENT = "quarantine-agent"
-
-
-class StatusWatcher:
-    """Every status ``agent_id`` publishes, in order."""
-
-    def __init__(self, port: int, agent_id: str) -> None:
-        self.statuses: list[Status] = []
-        self.lock = threading.Lock()
-        subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.connect("127.0.0.1", port)
-        self.client.subscribe(mqtt_topic(agent_id, Up.STATUS), qos=1)
-        self.client.loop_start()
-        assert subscribed.wait(10)
-
-    def _on_message(self, _c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-        with self.lock:
-            self.statuses.append(decode(bytes(msg.payload), Status))
-
-    def online(self) -> list[Status]:
-        with self.lock:
-            return [s for s in self.statuses if s.online]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
 
 
 def agent_command(env: dict[str, str], *flags: str, timeout_s: float = 240) -> subprocess.CompletedProcess[str]:
