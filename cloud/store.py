@@ -107,6 +107,23 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+def _switch_to_wal(cursor: Any, attempts: int = 200) -> None:
+    """``PRAGMA journal_mode=WAL``, retried while it is refused as locked: two connections switching
+    a new file at once both hold a shared lock and want an exclusive one, and SQLite refuses one of
+    them at once, without its busy handler (a deadlock otherwise). Once the file is in WAL mode the
+    pragma takes no lock."""
+    import sqlite3
+
+    for attempt in range(attempts):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def _sqlite_setup(engine: Engine) -> None:
     """WAL, a busy timeout, and write transactions that take the write lock at BEGIN.
 
@@ -121,7 +138,7 @@ def _sqlite_setup(engine: Engine) -> None:
         # the timeout first: switching to WAL takes a lock that another process's migration may hold
         cursor.execute("PRAGMA busy_timeout=10000")
         if engine.url.database not in (None, "", ":memory:"):
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
