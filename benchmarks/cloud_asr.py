@@ -9,8 +9,8 @@ VAD, as ``benchmarks/cloud_model_choice.py`` makes them; segments of 0.5 to 28 s
 Engines, each on the same segments, the demo's cloud model (``cloud.settings.CLOUD_MODEL``, beam
 ``CLOUD_BEAM_SIZE``), int8, ``--threads`` threads, interleaved pass by pass (``--reps`` passes):
 
-- ``packed``: our ctranslate2 engine as the worker runs it (batches of ``batch_size`` segments
-  sorted by length, packing on);
+- ``packed``: our ctranslate2 engine as the worker runs it (batches of ``--batch`` segments, 32 by
+  default, in the order they were spoken, as a backlog reaches the worker; packing on);
 - ``padded``: the same, packing off (each segment padded alone to 30 s, batched);
 - ``single``: the same engine, one segment at a time;
 - ``fw_batched``: faster-whisper's own ``BatchedInferencePipeline`` on the same CTranslate2
@@ -21,12 +21,16 @@ Engines, each on the same segments, the demo's cloud model (``cloud.settings.CLO
 Speed is audio seconds per CPU second (this process's user+system time, all threads: steadier than
 the wall clock on a shared machine), median over the passes; wall-clock figures too. WER (jiwer,
 normalised) over each set's segments joined. ``packed_vs_single`` (target >= 4) and
-``wer_delta_points`` (packed minus single, target <= +0.3); ``vs_faster_whisper_batched`` (packed
+``wer_delta_points`` (packed minus single, target <= +0.3: the mean over ``--orders`` orders of the
+segments, the spoken one and seeded shuffles, since which segments share a window moves a few
+words either way: ``wer_delta_points_by_order``); ``vs_faster_whisper_batched`` (packed
 over fw_batched, target >= 1.5). Draft: the agent's int8 ONNX tiny.en as it commits drafts
 (``benchmarks/edge_asr.py``); final: ``cloud.rule.reconcile`` of each segment's packed cloud
 transcript (the worker's default: ``padded`` unless packing is on by default) with its draft;
 ``final_minus_best_points`` per set (final WER minus the better of draft and cloud, target <= 0)
 and how often each rule reason fired; the same for the packed transcripts (``…_packed``).
+``stage_cpu_s``: the CPU seconds of the model's encode, generate and align calls in the last pass,
+which bound what packing can gain (it shares the encoder's windows; the decoder's tokens stay).
 
 With a CUDA device and a prepared ``large-v3`` (``<models-dir>/large-v3/ct2``), it also times
 large-v3 in float16, packed vs padded, in audio seconds per GPU (wall) second (``gpu`` key; not run
@@ -57,6 +61,7 @@ from runtime.settings import models_dir as default_models_dir  # noqa: E402
 
 RATE = 16000
 MIN_S, MAX_S = 0.5, 28.0
+BATCH = 32
 GAP_S = 1.0  # between segments in faster-whisper's one audio (never inside a clip)
 
 
@@ -66,7 +71,8 @@ def cpu_seconds() -> float:
 
 
 class Ct2:
-    """Our ctranslate2 engine, batched as the worker does (or one at a time)."""
+    """Our ctranslate2 engine, batched as the worker does (or one at a time): batches of ``batch``
+    segments in the order given."""
 
     def __init__(self, models_dir: Path, model: str, threads: int, packing: bool, batch: int | None,
                  **settings: Any) -> None:  # fmt: skip
@@ -79,19 +85,41 @@ class Ct2:
         self.batch = batch or self.settings.batch_size
         self.engine.transcribe_batch([np.zeros(RATE, np.float32)])
         self.windows, self.padding_s, self.redone = 0, 0.0, 0
+        self.stages: dict[str, float] = {}
+        """CPU seconds in the model's ``encode``, ``generate`` and ``align`` calls (the last pass)."""
+        self.engine.model = _Timed(self.engine.model, self.stages)
 
     def __call__(self, audios: list[np.ndarray]) -> list[Any]:
-        order = sorted(range(len(audios)), key=lambda i: audios[i].size)
-        out: list[Any] = [None] * len(audios)
+        out: list[Any] = []
         self.windows, self.padding_s, self.redone = 0, 0.0, 0
-        for at in range(0, len(order), self.batch):
-            chunk = order[at : at + self.batch]
-            for i, t in zip(chunk, self.engine.transcribe_batch([audios[i] for i in chunk]), strict=True):
-                out[i] = t
+        self.stages.clear()
+        for at in range(0, len(audios), self.batch):
+            out += self.engine.transcribe_batch(audios[at : at + self.batch])
             self.windows += self.engine.last_windows
             self.padding_s += self.engine.last_padding_s
             self.redone += getattr(self.engine, "last_retried", 0)
         return out
+
+
+class _Timed:
+    """A ``ctranslate2.models.Whisper`` whose encode, generate and align calls add their CPU seconds to ``stages``."""
+
+    def __init__(self, model: Any, stages: dict[str, float]) -> None:
+        self._model, self._stages = model, stages
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._model, name)
+        if name not in ("encode", "generate", "align"):
+            return method
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            started = cpu_seconds()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._stages[name] = self._stages.get(name, 0.0) + cpu_seconds() - started
+
+        return timed
 
 
 class Transformers(Ct2):
@@ -104,6 +132,7 @@ class Transformers(Ct2):
         self.engine = create_engine(self.settings)
         self.batch = batch or self.settings.batch_size
         self.engine.transcribe_batch([np.zeros(RATE, np.float32)])
+        self.stages = {}
 
 
 class FasterWhisperBatched:
@@ -190,7 +219,14 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--texts", type=int, default=len(TEXTS), help="sentences per set (a subset: fewer)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=None, help="segments per engine call (default: the worker's)")
+    parser.add_argument("--orders", type=int, default=4, help="segment orders packed for the WER delta")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=BATCH,
+        help="segments per engine call (packing fills its "
+        "windows better the more segments a call has: deploy it with batch_size as large)",
+    )
     parser.add_argument("--models-dir", type=Path, default=default_models_dir())
     parser.add_argument("--skip", nargs="*", default=[], help="engines to leave out (e.g. transformers)")
     args = parser.parse_args()
@@ -242,6 +278,26 @@ def main() -> int:
         out["all"] = round(wer(" ".join(refs), " ".join(texts)), 4)
         return out
 
+    packed_engine: Any = engines["packed"]
+    packed_stats = {  # the spoken order's, before the shuffled orders run
+        "packed_windows": packed_engine.windows,
+        "packed_padding_s_per_audio_s": round(packed_engine.padding_s / audio_s, 3),
+        "padded_padding_s_per_audio_s": round(engines["padded"].padding_s / audio_s, 3),  # type: ignore[attr-defined]
+        "packed_redone_alone": packed_engine.redone,
+        "stage_cpu_s": {
+            n: {k: round(v, 2) for k, v in e.stages.items()}  # type: ignore[attr-defined]
+            for n, e in engines.items()
+            if n in ("packed", "padded", "single")
+        },
+    }
+    packed_runs = [results["packed"]]  # other orders of the same segments: other windows
+    for seed in range(1, args.orders):
+        order = np.random.default_rng(seed).permutation(len(audios))
+        shuffled = engines["packed"]([audios[i] for i in order])
+        unshuffled: list[Any] = [None] * len(audios)
+        for position, i in enumerate(order):
+            unshuffled[i] = shuffled[position]
+        packed_runs.append(unshuffled)
     speed = {n: round(audio_s / statistics.median(cpu[n]), 2) for n in engines}
     speed_wall = {n: round(audio_s / statistics.median(wall[n]), 2) for n in engines}
     texts = {n: [text_of(r) for r in results[n]] for n in engines}
@@ -250,11 +306,15 @@ def main() -> int:
     from cloud.settings import WorkerSettings
 
     cloud_name = "packed" if WorkerSettings().packing else "padded"  # what the worker runs by default
+    deltas: dict[str, list[float]] = {n: [] for n in [*names, "all"]}
+    for run in packed_runs:
+        packed_wer = wers([text_of(r) for r in run])
+        for n in deltas:
+            deltas[n].append(100 * (packed_wer[n] - wer_by["single"][n]))
     final_texts, reasons = finals(results[cloud_name], draft_texts)
     wer_by["final"] = wers(final_texts)
     final_packed, reasons_packed = finals(results["packed"], draft_texts)
     wer_by["final_packed"] = wers(final_packed)
-    packed_engine: Any = engines["packed"]
     summary: dict[str, Any] = {
         "segments": {n: len(sets[n]) for n in names},
         "audio_s": round(audio_s, 1),
@@ -268,13 +328,11 @@ def main() -> int:
         "audio_s_per_wall_s": speed_wall,
         "packed_vs_single": round(speed["packed"] / speed["single"], 2),
         "packed_vs_padded": round(speed["packed"] / speed["padded"], 2),
-        "wer_delta_points": round(100 * (wer_by["packed"]["all"] - wer_by["single"]["all"]), 2),
-        "wer_delta_points_per_set": {n: round(100 * (wer_by["packed"][n] - wer_by["single"][n]), 2) for n in names},
+        "wer_delta_points": round(statistics.mean(deltas["all"]), 2),
+        "wer_delta_points_per_set": {n: round(statistics.mean(deltas[n]), 2) for n in names},
+        "wer_delta_points_by_order": [round(d, 2) for d in deltas["all"]],
         "vs_faster_whisper_batched": round(speed["packed"] / speed["fw_batched"], 2) if "fw_batched" in speed else None,
-        "packed_windows": packed_engine.windows,
-        "packed_padding_s_per_audio_s": round(packed_engine.padding_s / audio_s, 3),
-        "padded_padding_s_per_audio_s": round(engines["padded"].padding_s / audio_s, 3),  # type: ignore[attr-defined]
-        "packed_redone_alone": packed_engine.redone,
+        **packed_stats,
         "wer": wer_by,
         "cloud_default": cloud_name,
         "final_minus_best_points": {

@@ -1,6 +1,7 @@
 """``edgecap models``: prepare Whisper models offline and list what is prepared.
 
-    edgecap models prepare [--model tiny.en|base] [--hf-dir DIR [--name NAME]] [--models-dir DIR] [--no-onnx] [--force]
+    edgecap models prepare [--model tiny.en|base] [--hf-dir DIR [--name NAME]] [--models-dir DIR] [--no-onnx]
+                           [--detector yolov3-tiny] [--force]
     edgecap models list [--models-dir DIR]
 
 A command-line tool, not a service: it reports where things are on stdout.
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from contracts.manifest import ModelManifest
-from modelbuild import ct2_weights, sources
+from modelbuild import ct2_weights, detector, sources
 from modelbuild import prepare as prep
 from runtime import logs
 from runtime.settings import ConfigError, ModelsSettings
@@ -46,6 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     make.add_argument("--models-dir", type=Path, help="where models go (default: settings `dir`)")
     make.add_argument("--no-onnx", action="store_true",
                       help="skip the edge's int8 ONNX export (a model only the cloud runs)")
+    make.add_argument("--detector", choices=detector.names(),
+                      help="prepare this object detector as well (its Darknet files and their checked ONNX form)")
     make.add_argument("--force", action="store_true", help="redo every step even if its output exists")
     listing = commands.add_parser("list", help="list prepared models")
     listing.add_argument("--models-dir", type=Path, help="where models are (default: settings `dir`)")
@@ -112,6 +115,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     sys.stdout.write(f"{'built ' + ', '.join(paths.built) if paths.built else 'already prepared'}\n")
     _show(paths)
+    if args.detector:
+        try:
+            built = detector.prepare(models_dir, force=args.force)
+        except prep.PrepareError as exc:
+            log.error("%s", exc)
+            return 1
+        done = "built " + ", ".join(built) if built else "already prepared"
+        sys.stdout.write(f"{args.detector}: {done} in {models_dir / args.detector}\n")
     return 0
 
 
