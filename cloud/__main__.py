@@ -1,4 +1,4 @@
-"""``edgecap worker transcribe|reconcile`` (also ``python -m cloud …``): run one cloud worker."""
+"""``edgecap worker transcribe|reconcile|detect`` (also ``python -m cloud …``): run one cloud worker."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ log = logging.getLogger(__name__)
 WORKERS = {
     "transcribe": "transcribe segments with Whisper (consumer group edgecap-transcribe)",
     "reconcile": "merge drafts and transcripts into final captions (consumer group edgecap-reconcile)",
+    "detect": "find objects in camera frames (consumer group edgecap-detect)",
 }
 
 
@@ -21,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="edgecap worker", description="Run a cloud worker.")
     common = argparse.ArgumentParser(add_help=False)
     add_common_options(common)
-    sub = parser.add_subparsers(dest="worker", required=True, metavar="{transcribe,reconcile}")
+    sub = parser.add_subparsers(dest="worker", required=True, metavar="{transcribe,reconcile,detect}")
     for name, help_ in WORKERS.items():
         sub.add_parser(name, parents=[common], help=help_, description=help_)
     args = parser.parse_args(argv)
@@ -41,6 +42,17 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 2
         worker.run(stop)
+    elif args.worker == "detect":
+        from cloud.detect import DetectorError
+        from cloud.detect.worker import DetectWorker
+        from runtime.plugins import MissingPackage
+
+        try:
+            detector = DetectWorker(settings)
+        except (DetectorError, MissingPackage) as exc:
+            log.error("%s", exc)
+            return 2
+        detector.run(stop)
     else:
         from cloud.reconcile import Reconciler
         from runtime.plugins import MissingPackage

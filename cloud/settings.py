@@ -76,6 +76,19 @@ class DetectSettings(Group):
     )
     nms_iou: float = Field(0.45, gt=0, le=1, description="Boxes of one class overlapping more than this are one.")
     max_batch: int = Field(8, ge=1, le=256, description="Most images in one inference call.")
+    batch_size: int = Field(16, ge=1, le=1024, description="Most frames the worker takes from Kafka per batch.")
+    max_wait_ms: int = Field(100, ge=0, le=60000, description="Longest wait to fill a batch after its first frame.")
+    max_pixels: int = Field(
+        8192 * 8192 // 2,
+        ge=1,
+        description="Frames with more pixels are dead-lettered (too_large) from their JPEG header, before decoding.",
+    )
+    images_dir: Path | None = Field(
+        None, description="Keep frames' JPEGs in files here (shared with the dashboard); None: in the store."
+    )
+    retention_s: float = Field(
+        7 * 86400.0, gt=0, description="Frames (rows and images) older than this are deleted (by capture time)."
+    )
     model_id: str | None = Field(None, description="Model name written into detections (default: name and hash).")
 
     @field_validator("engine")

@@ -60,6 +60,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cloud.captions import CaptionVersion, Disagreement, DraftRow, FinalRow, Reconciliation, SegmentRow
+from cloud.frame_store import FrameRecords, FrameRow
 from cloud.provenance import provenance
 from cloud.rule import DRAFT_VERSION, FINAL_VERSION, UPGRADE_VERSION, Rule, deadline_final
 from cloud.tables import SegmentKey, by_key, by_keys, caption_versions, metadata, segment_attempts, segments
@@ -72,6 +73,7 @@ __all__ = [
     "Disagreement",
     "DraftRow",
     "FinalRow",
+    "FrameRow",
     "Reconciliation",
     "SegmentKey",
     "SegmentRow",
@@ -148,8 +150,9 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-class Store:
-    """Segments, their edge drafts and final captions, and every caption version."""
+class Store(FrameRecords):
+    """Segments, their edge drafts and final captions, and every caption version; frames and their
+    detections (:class:`~cloud.frame_store.FrameRecords`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         parsed = make_url(url)

@@ -13,6 +13,7 @@ from sqlalchemy import (
     Column,
     Float,
     Index,
+    LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
@@ -86,6 +87,42 @@ segment_attempts = Table(
     Column("attempts", BigInteger, nullable=False),
     Column("last_attempt_at", Float, nullable=False),
     PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segment_attempts"),
+)
+
+
+frames = Table(
+    "frames",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("frame_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("captured_at", Float, nullable=False),
+    Column("width", BigInteger, nullable=False),
+    Column("height", BigInteger, nullable=False),
+    Column("regions", Text, nullable=False),  # JSON: [{"x", "y", "width", "height"}]; [] the whole frame
+    Column("jpeg", LargeBinary),  # the image in the database, or
+    Column("jpeg_path", Text),  # a file (cloud.settings.DetectSettings.images_dir)
+    Column("jpeg_bytes", BigInteger, nullable=False),
+    Column("model_id", String(bounds.MAX_NAME_CHARS), nullable=False),
+    Column("boxes", Text, nullable=False),  # JSON: the Detections' boxes
+    Column("box_count", BigInteger, nullable=False),
+    Column("detected_at", Float, nullable=False),
+    Column("stored_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "frame_id", name="pk_frames"),
+    Index("ix_frames_captured_at", "captured_at"),
+    Index("ix_frames_agent_captured_at", "agent_id", "captured_at"),
+)
+
+frame_labels = Table(  # which classes a frame holds, for listing frames by class
+    "frame_labels",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("frame_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("label", String(bounds.MAX_NAME_CHARS), nullable=False),
+    Column("best_score", Float, nullable=False),
+    Column("captured_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "frame_id", "label", name="pk_frame_labels"),
+    Index("ix_frame_labels_label_captured_at", "label", "captured_at"),
 )
 
 

@@ -43,6 +43,7 @@ from confluent_kafka import Message
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.asr import TranscriptionEngine, create_engine
+from cloud.attempts import in_hand, triage
 from cloud.audio import SAMPLE_RATE, AudioCodecError, to_float32
 from cloud.metrics import (
     AUDIO_SECONDS,
@@ -182,26 +183,23 @@ class TranscribeWorker(BatchWorker):
 
         # a segment already counted was in an engine call that never returned (the process died):
         # alone from now on, so that only the segment at fault reaches max_attempts
-        counts = self.store.attempts([_key(segment) for _, segment, _ in items])
-        fresh = [item for item in items if _key(item[1]) not in counts]
+        sorted_ = triage(self.store, items, lambda item: _key(item[1]), self.settings.max_attempts)
         done: list[tuple[Message, Segment, Transcript | None]] = []
         poison: list[SegmentKey] = []
-        for msg, segment, audio in (item for item in items if _key(item[1]) in counts):
-            died = counts[_key(segment)]
-            if died >= self.settings.max_attempts:
-                log.error("segment %s of %s: the worker died %d times with it in hand: dead-lettered",
-                          segment.segment_id, segment.agent_id, died)  # fmt: skip
-                self.dead_letter(publisher, msg, Reason.POISON, f"the worker died {died} times transcribing it")
-                self.tally.add("poison")
-                poison.append(_key(segment))
-                continue
+        for (msg, segment, _), died in sorted_.poison:
+            log.error("segment %s of %s: the worker died %d times with it in hand: dead-lettered",
+                      segment.segment_id, segment.agent_id, died)  # fmt: skip
+            self.dead_letter(publisher, msg, Reason.POISON, f"the worker died {died} times transcribing it")
+            self.tally.add("poison")
+            poison.append(_key(segment))
+        for (msg, segment, audio), died in sorted_.suspects:
             log.warning("segment %s of %s was in hand when a worker died (%d): transcribing it alone",
                         segment.segment_id, segment.agent_id, died)  # fmt: skip
             self.tally.add("suspect")
             done.append((msg, segment, self._attempt([(segment, audio)])[0]))
-        if fresh:
-            results = self._attempt([(segment, audio) for _, segment, audio in fresh])
-            done += [(msg, segment, r) for (msg, segment, _), r in zip(fresh, results, strict=True)]
+        if sorted_.fresh:
+            results = self._attempt([(segment, audio) for _, segment, audio in sorted_.fresh])
+            done += [(msg, segment, r) for (msg, segment, _), r in zip(sorted_.fresh, results, strict=True)]
 
         results = [r for _, _, r in done]
         if any(r is None for r in results) and not self._engine_works(results):
@@ -223,13 +221,9 @@ class TranscribeWorker(BatchWorker):
 
     def _attempt(self, items: list[tuple[Segment, np.ndarray]]) -> list[Transcript | None]:
         """Transcribe, with each segment's attempt counted durably while the engine has it: a count
-        that outlives the call means the process died in it (:meth:`Store.take_attempts`)."""
-        keys = [_key(segment) for segment, _ in items]
-        self.store.take_attempts(keys)
-        try:
+        that outlives the call means the process died in it (:mod:`cloud.attempts`)."""
+        with in_hand(self.store, [_key(segment) for segment, _ in items]):
             return self._transcribe([audio for _, audio in items])
-        finally:
-            self.store.forget_attempts(keys)  # the call returned: whatever it gave, nothing died in it
 
     def _engine_works(self, results: list[Transcript | None]) -> bool:
         """Whether the engine works, so that the segments it failed on are at fault: it transcribed

@@ -74,6 +74,12 @@ rate (the bridge narrows the duration to its ``max_audio_s``)."""
 MAX_IMAGE_SIDE = 8_192
 """Pixels on either side of an image (the bridge narrows it further)."""
 
+MAX_REGIONS = 64
+"""Motion regions of one frame (the agent merges more into fewer)."""
+
+MAX_BOXES = 1_000
+"""Detections in one frame."""
+
 NO_NUL = r"^[^\x00]*$"
 """Pattern of every free text: anything but NUL, which PostgreSQL's ``text`` cannot store."""
 

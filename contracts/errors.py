@@ -15,6 +15,8 @@ class Reason(StrEnum):
     UNKNOWN_SCHEMA = "unknown_schema"
     INVALID = "invalid"
     BAD_AUDIO = "bad_audio"
+    BAD_IMAGE = "bad_image"
+    """An image that is not the JPEG it declares: not an image, another format, truncated, other dimensions."""
     SPOOFED_AGENT = "spoofed_agent"
     KAFKA_REFUSED = "kafka_refused"
     """Kafka (or its client) refused the record for good: authorization, an invalid record, a broker

@@ -297,6 +297,28 @@ class Draft(SegmentHeader):
         return cls(**segment.header(), draft=segment.draft)
 
 
+Side = Annotated[int, Field(ge=0, le=bounds.MAX_IMAGE_SIDE)]
+Extent = Annotated[int, Field(ge=1, le=bounds.MAX_IMAGE_SIDE)]
+Coordinate = Annotated[float, Field(ge=0, le=bounds.MAX_IMAGE_SIDE)]
+
+
+class Region(_Model):
+    """A rectangle of a frame, in its pixels: top-left corner and size."""
+
+    x: Side
+    y: Side
+    width: Extent
+    height: Extent
+
+
+def _regions_inside(regions: list[Region], image: Image) -> list[Region]:
+    for k, r in enumerate(regions):
+        if r.x + r.width > image.width or r.y + r.height > image.height:
+            raise ValueError(f"region {k} ({r.x},{r.y} {r.width}x{r.height}) reaches outside the "
+                             f"{image.width}x{image.height} image")  # fmt: skip
+    return regions
+
+
 class Frame(_Model):
     """A camera frame captured on a device (agent → bridge → ``edgecap.frames``)."""
 
@@ -306,6 +328,47 @@ class Frame(_Model):
     seq: Seq
     captured_at: UnixTime = Field(description=when("Capture time of the frame."))
     image: Image
+    regions: list[Region] = Field(
+        default_factory=list,
+        max_length=bounds.MAX_REGIONS,
+        description="Where the device saw motion: the detector looks there; empty: the whole frame.",
+    )
+
+    @model_validator(mode="after")
+    def _inside(self) -> Frame:
+        _regions_inside(self.regions, self.image)
+        return self
+
+
+class Detection(_Model):
+    """One object found in a frame: its class, score and box in the frame's pixels."""
+
+    label: Name
+    class_id: Annotated[int, Field(ge=0, le=bounds.MAX_INT)]
+    score: float = Field(ge=0, le=1)
+    x1: Coordinate
+    y1: Coordinate
+    x2: Coordinate
+    y2: Coordinate
+
+
+class Detections(_Model):
+    """What the detector found in a frame (detect worker → ``edgecap.detections``): one per frame."""
+
+    schema_: Literal["edgecap.detections.v1"] = Field(default="edgecap.detections.v1", alias="schema")
+    agent_id: AgentId
+    segment_id: SegmentId = Field(description="Id of the frame.")
+    seq: Seq
+    captured_at: UnixTime = Field(description=when("Capture time of the frame."))
+    width: Extent = Field(description="The frame's width in pixels.")
+    height: Extent = Field(description="The frame's height in pixels.")
+    regions: list[Region] = Field(
+        default_factory=list, max_length=bounds.MAX_REGIONS, description="Where it looked; empty: the whole frame."
+    )
+    boxes: list[Detection] = Field(default_factory=list, max_length=bounds.MAX_BOXES)
+    model_id: Name
+    worker: Name = Field(description="Which worker instance produced it.")
+    detected_at: UnixTime = Field(description=when("When the detector finished."))
 
 
 class CloudTranscript(SegmentHeader):
@@ -440,7 +503,7 @@ class DeadLetter(_Model):
 
 
 Message = Annotated[
-    Segment | Draft | Frame | CloudTranscript | Final | Receipt | Status | AgentConfig | DeadLetter,
+    Segment | Draft | Frame | CloudTranscript | Final | Detections | Receipt | Status | AgentConfig | DeadLetter,
     Field(discriminator="schema_"),
 ]
 MESSAGE_TYPES: tuple[type[_Model], ...] = (
@@ -449,6 +512,7 @@ MESSAGE_TYPES: tuple[type[_Model], ...] = (
     Frame,
     CloudTranscript,
     Final,
+    Detections,
     Receipt,
     Status,
     AgentConfig,

@@ -12,7 +12,7 @@ import sys
 SUBCOMMANDS = {
     "agent": ("edge_agent.__main__", "run the edge agent on a device"),
     "bridge": ("bridge.__main__", "run the MQTT <-> Kafka bridge"),
-    "worker": ("cloud.__main__", "run a cloud worker: transcribe | reconcile"),
+    "worker": ("cloud.__main__", "run a cloud worker: transcribe | reconcile | detect"),
     "dashboard": ("cloud.dashboard.__main__", "serve the web dashboard"),
     "models": ("modelbuild.__main__", "prepare models offline: edgecap models prepare"),
     "demo": ("edgecap.demo", "run the whole pipeline locally on a sample recording"),

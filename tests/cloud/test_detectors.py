@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import MIN_IOU, PHOTOS, expected_box, iou, load
 
 from cloud.detect import DETECTORS, Crop, DetectorError, DetectSettings, create_detector
 from cloud.detect.base import Detector
-from tests.photos import MIN_IOU, PHOTOS, expected_box, iou, load
 
 pytestmark = pytest.mark.models
 pytest.importorskip("skimage")

@@ -44,7 +44,10 @@ def test_every_message_type_round_trips() -> None:
         s,
         c.Draft.of(s),
         c.Frame(agent_id="pi-1", segment_id="f1", seq=1, captured_at=1.0,
-                image=c.Image(width=2, height=2, data=b"\xff\xd8")),
+                image=c.Image(width=2, height=2, data=b"\xff\xd8"), regions=[c.Region(x=0, y=1, width=2, height=1)]),
+        c.Detections(agent_id="pi-1", segment_id="f1", seq=1, captured_at=1.0, width=640, height=480,
+                     boxes=[c.Detection(label="cat", class_id=15, score=0.5, x1=1, y1=2, x2=30.5, y2=40)],
+                     model_id="yolov3-tiny@onnx-darknet:0123456789ab", worker="w1", detected_at=2.0),
         c.CloudTranscript(agent_id="pi-1", segment_id=s.segment_id, seq=3, started_at=1, ended_at=2,
                           transcript=t, worker="w1"),
         c.Final(agent_id="pi-1", segment_id=s.segment_id, seq=3, started_at=1, ended_at=2, text="x",
@@ -169,3 +172,19 @@ def test_segment_ids_are_unique_and_time_ordered() -> None:
     time.sleep(0.002)
     assert c.new_segment_id() > first
     assert later[14] == "7"  # UUID version 7
+
+
+def test_a_frame_s_regions_lie_inside_it_and_have_an_area() -> None:
+    image = c.Image(width=64, height=48, data=b"\xff\xd8")
+    ok = c.Frame(agent_id="pi-1", segment_id="f1", seq=1, captured_at=1.0, image=image,
+                 regions=[c.Region(x=60, y=40, width=4, height=8)])  # fmt: skip
+    assert c.decode(c.encode(ok)) == ok
+    raw = json.loads(c.encode(ok))
+    raw["regions"][0]["width"] = 5
+    with pytest.raises(c.DecodeError, match="reaches outside the 64x48 image") as outside:
+        c.decode(json.dumps(raw).encode())
+    assert outside.value.reason == c.Reason.INVALID
+    raw["regions"][0].update(width=0)
+    with pytest.raises(c.DecodeError, match="regions.0.width") as empty:
+        c.decode(json.dumps(raw).encode())
+    assert empty.value.reason == c.Reason.INVALID

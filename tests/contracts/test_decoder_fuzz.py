@@ -55,6 +55,12 @@ def spans(draw: st.DrawFn) -> dict[str, float]:
 
 
 @st.composite
+def regions(draw: st.DrawFn, width: int, height: int) -> c.Region:
+    x, y = draw(st.integers(0, width - 1)), draw(st.integers(0, height - 1))
+    return c.Region(x=x, y=y, width=draw(st.integers(1, width - x)), height=draw(st.integers(1, height - y)))
+
+
+@st.composite
 def messages(draw: st.DrawFn) -> Any:
     kind = draw(st.sampled_from(MESSAGE_TYPES))
     ids = {"agent_id": draw(agent_ids), "segment_id": draw(segment_ids), "seq": draw(seqs)}
@@ -65,7 +71,16 @@ def messages(draw: st.DrawFn) -> Any:
     if kind is c.Frame:
         image = c.Image(width=draw(st.integers(1, 8192)), height=draw(st.integers(1, 8192)),
                         data=draw(st.binary(max_size=200)))
-        return c.Frame(**ids, captured_at=draw(times), image=image)
+        return c.Frame(**ids, captured_at=draw(times), image=image,
+                       regions=draw(st.lists(regions(image.width, image.height), max_size=3)))
+    if kind is c.Detections:
+        w, h = draw(st.integers(1, 8192)), draw(st.integers(1, 8192))
+        corner = st.floats(0, min(w, h) / 2)
+        boxes = st.builds(c.Detection, label=texts, class_id=st.integers(0, 1000), score=st.floats(0, 1),
+                          x1=corner, y1=corner, x2=st.floats(min(w, h) / 2, w), y2=st.floats(min(w, h) / 2, h))
+        return c.Detections(**ids, captured_at=draw(times), width=w, height=h,
+                            regions=draw(st.lists(regions(w, h), max_size=3)), boxes=draw(st.lists(boxes, max_size=4)),
+                            model_id=draw(texts), worker=draw(texts), detected_at=draw(times))
     if kind is c.CloudTranscript:
         return c.CloudTranscript(**ids, **draw(spans()), transcript=draw(transcripts), worker=draw(texts))
     if kind is c.Final:
