@@ -11,16 +11,18 @@ them alike:
   input: the anchor (the issue's ~150 ms);
 - ``onnx_416``: the ONNX conversion on onnxruntime, one frame at a time, 416x416 input;
 - ``onnx_416_batched``: the same, 8 frames per call (latency per frame = call / 8);
-- ``onnx_320``: the detector's default input (320x320), one frame at a time.
+- ``onnx_default``: the detector as configured by default (inputs 288 and 352, boxes of both
+  suppressed together), one frame at a time.
 
 Latency per frame is the wall time of ``Detector.detect`` (letterbox, inference, decoding,
 suppression), p50 and p95 over ``--reps`` passes over the frames; frames per second from the p50.
 ``speedup_vs_opencv``: p50 of the anchor over each engine's. ``agreement``: boxes of ``onnx_416``
 matched to ``opencv_416``'s (same class, best IoU): mean IoU and how many match at IoU >= 0.9.
 
-Motion gating: a synthetic 60 s video at 5 fps (a still, lightly noisy scene; an object crosses it
-for 6 s) through the agent's motion trigger and JPEG encoder: bytes sent per minute with gating
-(frames with motion, and a keyframe each ``--keyframe-s``) vs every frame. Prints one JSON line.
+Motion gating: a synthetic 60 s scene at 5 fps (still but for sensor noise; an object crosses it for
+6 s) through the agent's own frame capture (``FrameCapture``, motion on, its defaults, a keyframe
+each ``--keyframe-s``) into a real outbox: JPEG bytes sent per minute vs JPEG-encoding every frame.
+Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -70,33 +72,52 @@ def agreement(ours: list[list[Any]], anchor: list[list[Any]]) -> dict[str, Any]:
 
 
 def motion_gating(cv2: Any, keyframe_s: float, seconds: int = 60, fps: int = 5) -> dict[str, Any]:
-    from edge_agent.frames import MotionTrigger, encode_jpeg
+    """The agent's own frame capture (motion on, defaults) over a synthetic scene, into a real outbox."""
+    import tempfile
+    import threading
+
+    from contracts import Frame, decode
+    from edge_agent.frames import FrameCapture
+    from edge_agent.frames.sources import FrameReader
+    from edge_agent.outbox import Outbox
+    from edge_agent.settings import FrameSettings
 
     rng = np.random.default_rng(3)
     ys, xs = np.mgrid[0:480, 0:640]
     scene = np.stack([(xs * 0.3 + 40) % 255, (ys * 0.4 + 60) % 255, ((xs + ys) * 0.2 + 90) % 255], -1).astype(np.uint8)
     cv2.rectangle(scene, (80, 300), (260, 440), (30, 120, 200), -1)
-    trigger = MotionTrigger(cv2, 0.002)
-    sent = every = kept = 0
-    last_key = -1e9
-    for k in range(seconds * fps):
-        t = k / fps
-        frame = np.clip(scene.astype(np.int16) + rng.normal(0, 2, scene.shape), 0, 255).astype(np.uint8)
-        if 20 <= t < 26:  # an object crosses the scene
-            x = int(40 + (t - 20) / 6 * 520)
-            cv2.circle(frame, (x, 200), 40, (240, 240, 240), -1)
-        jpeg, _, _ = encode_jpeg(cv2, frame, quality=80, max_width=None)
-        every += len(jpeg)
-        moved = trigger(frame)
-        if moved or t - last_key >= keyframe_s:
-            sent += len(jpeg)
-            kept += 1
-            last_key = t if not moved else last_key
+
+    class Scene(FrameReader):
+        """Still but for sensor noise; an object crosses it from 20 to 26 s."""
+
+        def frames(self, stop: threading.Event) -> Any:
+            for k in range(seconds * fps):
+                t = k / fps
+                frame = np.clip(scene.astype(np.int16) + rng.normal(0, 2, scene.shape), 0, 255).astype(np.uint8)
+                if 20 <= t < 26:
+                    cv2.circle(frame, (int(40 + (t - 20) / 6 * 520), 200), 40, (240, 240, 240), -1)
+                yield frame, 1_700_000_000.0 + t
+
+    every = 0
+    with tempfile.TemporaryDirectory(prefix="edgecap-motion-") as tmp:
+        outbox = Outbox(Path(tmp) / "outbox.sqlite3")
+        settings = FrameSettings(enabled=True, motion=True, fps=fps, realtime=False, keyframe_s=keyframe_s)
+        capture = FrameCapture("bench-cam", settings, outbox, reader=Scene(fps, realtime=False))
+        for frame, _ in Scene(fps, realtime=False).frames(threading.Event()):
+            every += len(cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, settings.jpeg_quality])[1])
+        rng = np.random.default_rng(3)  # the same noise for the gated pass
+        capture.run(threading.Event())
+        frames = [decode(entry.payload, Frame) for entry in outbox.due(limit=100_000)]
+        sent = sum(len(f.image.data) for f in frames)  # JPEG bytes, as for every frame
+        outbox.close()
     return {
         "seconds": seconds,
         "fps": fps,
-        "frames_sent": kept,
-        "frames_total": seconds * fps,
+        "keyframe_s": keyframe_s,
+        "counters": dict(capture.counters),
+        "regions_per_motion_frame": round(
+            sum(len(f.regions) for f in frames) / max(1, sum(bool(f.regions) for f in frames)), 2
+        ),
         "bytes_per_min_gated": round(sent * 60 / seconds),
         "bytes_per_min_every_frame": round(every * 60 / seconds),
         "saving": round(every / max(sent, 1), 1),
@@ -117,9 +138,10 @@ def main() -> int:
 
     model_dir = Path(args.models_dir).expanduser() / "yolov3-tiny"
 
-    def detector(engine: str, size: int) -> Any:
+    def detector(engine: str, size: int | None) -> Any:
+        sizes = {} if size is None else {"input_sizes": [size]}  # None: the default inputs
         return create_detector(
-            DetectSettings(engine=engine, model_dir=model_dir, threads=args.threads, input_size=size, max_batch=BATCH)
+            DetectSettings(engine=engine, model_dir=model_dir, threads=args.threads, max_batch=BATCH, **sizes)
         )
 
     frames = photos(cv2)
@@ -127,7 +149,7 @@ def main() -> int:
     engines = {
         "opencv_416": detector("opencv", 416),
         "onnx_416": detector("onnx", 416),
-        "onnx_320": detector("onnx", 320),
+        "onnx_default": detector("onnx", None),
     }
     batched = detector("onnx", 416)
     for d in [*engines.values(), batched]:
@@ -161,7 +183,7 @@ def main() -> int:
         for n, v in latency.items()
     }
     anchor = figures["opencv_416"]["p50_ms"]
-    labels = engines["onnx_320"].labels
+    labels = engines["onnx_default"].labels
     summary = {
         "frames": len(frames),
         "reps": args.reps,
@@ -170,9 +192,9 @@ def main() -> int:
         "latency": figures,
         "speedup_vs_opencv": {n: round(anchor / f["p50_ms"], 2) for n, f in figures.items()},
         "agreement_onnx_416_vs_opencv_416": agreement(found["onnx_416"], found["opencv_416"]),
-        "found_onnx_320": {
+        "found_onnx_default": {
             name: [(labels[b.class_id], round(b.score, 2)) for b in boxes]
-            for name, boxes in zip(PHOTOS, found["onnx_320"], strict=True)
+            for name, boxes in zip(PHOTOS, found["onnx_default"], strict=True)
         },
         "motion_gating": motion_gating(cv2, args.keyframe_s),
     }

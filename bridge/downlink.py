@@ -1,8 +1,11 @@
-"""Final captions and agent configurations from Kafka down to each agent's MQTT topics.
+"""Final captions, agent configurations and asked-for detections from Kafka down to each agent's MQTT topics.
 
-One thread consumes ``edgecap.finals`` and ``edgecap.config`` and publishes through the bridge's
-publisher connection: a final to the agent's ``captions`` topic, a configuration to its ``config``
-topic *retained*, so an agent that connects later (or restarts) still gets the latest one. A
+One thread consumes ``edgecap.finals``, ``edgecap.config`` and ``edgecap.detections`` and publishes
+through the bridge's publisher connection: a final to the agent's ``captions`` topic, a
+configuration to its ``config`` topic *retained*, so an agent that connects later (or restarts)
+still gets the latest one, and the detections of a frame whose device asked for them
+(``Frame.summary``, copied into ``Detections.summary``) to its ``detections`` topic; other
+detections are passed over (their offsets stored, counted as ``downlink_skipped``). A
 configuration's record key must be the agent id it names (else it is dead-lettered as
 ``spoofed_agent``); the bytes published are the record's, unchanged. An offset is stored only after
 the broker acknowledged the publish (PUBACK), so a crash or a broker outage redelivers instead of
@@ -22,7 +25,7 @@ from bridge.limits import fitted_dead_letter
 from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.settings import BridgeSettings
-from contracts import AgentConfig, DecodeError, Down, Final, Kafka, Reason, decode, mqtt_topic
+from contracts import AgentConfig, DecodeError, Detections, Down, Final, Kafka, Reason, decode, mqtt_topic
 from runtime.kafka import (
     ensure_topics,
     open_consumer,
@@ -36,6 +39,7 @@ from runtime.kafka import (
 log = logging.getLogger(__name__)
 
 _BATCH = 100
+DOWN_TOPICS: list[str] = [Kafka.FINALS, Kafka.CONFIG, Kafka.DETECTIONS]
 _RETRY_S = 1.0
 
 
@@ -73,11 +77,11 @@ class Downlink:
         s = self.settings
         # a consumer subscribed to a topic that does not exist yet may see it only minutes later (its
         # next metadata refresh): create them first (best effort; production provisions them)
-        ensure_topics(s.kafka, [Kafka.FINALS, Kafka.CONFIG], s.topic_partitions)
+        ensure_topics(s.kafka, DOWN_TOPICS, s.topic_partitions)
         consumer = open_consumer(
             s.kafka,
             s.downlink_group,
-            [Kafka.FINALS, Kafka.CONFIG],
+            DOWN_TOPICS,
             s.downlink_session_timeout_ms,
             logger=logging.getLogger("bridge.kafka.consumer"),
         )
@@ -100,12 +104,16 @@ class Downlink:
         for record in records:
             raw = record.value() or b""
             try:
-                topic, retain = self._route(record, raw)
+                route = self._route(record, raw)
             except DecodeError as exc:
                 self._dead_letter(record, raw, exc.reason, exc.detail)
                 outcomes.append((record, None))
                 continue
-            outcomes.append((record, self.publisher.client.publish(topic, raw, qos=1, retain=retain)))
+            if route is None:  # detections nobody asked for
+                self.metrics.downlink_skipped.inc()
+                outcomes.append((record, None))
+                continue
+            outcomes.append((record, self.publisher.client.publish(route[0], raw, qos=1, retain=route[1])))
         rewound: set[tuple[str | None, int | None]] = set()
         for record, info in outcomes:
             where = (record.topic(), record.partition())
@@ -130,9 +138,13 @@ class Downlink:
         if rewound:
             self._stop.wait(_RETRY_S)
 
-    def _route(self, record: Message, raw: bytes) -> tuple[str, bool]:
-        """The MQTT topic of a record and whether the broker retains it; :class:`DecodeError` if refused."""
+    def _route(self, record: Message, raw: bytes) -> tuple[str, bool] | None:
+        """The MQTT topic of a record and whether the broker retains it (None: not for the device);
+        :class:`DecodeError` if refused."""
         limit = self.settings.max_message_bytes
+        if record.topic() == Kafka.DETECTIONS.value:
+            found = decode(raw, Detections, max_bytes=limit)
+            return (mqtt_topic(found.agent_id, Down.DETECTIONS), False) if found.summary else None
         if record.topic() != Kafka.CONFIG.value:
             final = decode(raw, Final, max_bytes=limit)
             return mqtt_topic(final.agent_id, Down.CAPTIONS), False

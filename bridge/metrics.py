@@ -66,8 +66,15 @@ class Metrics:
             p + "healthy", "1 while every thread of the bridge runs; 0 once one died (the process exits).", registry=r
         )
         self.healthy.set(1)
-        self.downlink_published = Counter(p + "downlink_published", "Finals published to agents.", registry=r)
-        self.downlink_failures = Counter(p + "downlink_failures", "Finals whose publish failed.", registry=r)
+        self.downlink_published = Counter(
+            p + "downlink_published", "Finals (and asked-for detections) published to agents.", registry=r
+        )
+        self.downlink_failures = Counter(
+            p + "downlink_failures", "Finals (and asked-for detections) whose publish failed.", registry=r
+        )
+        self.downlink_skipped = Counter(
+            p + "downlink_skipped", "Detections passed over: their device did not ask for them.", registry=r
+        )
         self.config_published = Counter(p + "config_published", "Configurations published to agents.", registry=r)
         self.config_failures = Counter(
             p + "config_failures", "Configurations whose publish failed (each is published again).", registry=r

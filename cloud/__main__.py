@@ -7,6 +7,7 @@ import logging
 
 from cloud.metrics import serve
 from cloud.settings import WorkerSettings
+from runtime.kafka import BatchWorker
 from runtime.service import add_common_options, prepare, stop_on_signals
 
 log = logging.getLogger(__name__)
@@ -16,6 +17,21 @@ WORKERS = {
     "reconcile": "merge drafts and transcripts into final captions (consumer group edgecap-reconcile)",
     "detect": "find objects in camera frames (consumer group edgecap-detect)",
 }
+
+
+def _worker(name: str, settings: WorkerSettings) -> BatchWorker:
+    """The worker called ``name``, its model loaded (each imports only what it needs)."""
+    if name == "transcribe":
+        from cloud.transcribe import TranscribeWorker
+
+        return TranscribeWorker(settings)
+    if name == "detect":
+        from cloud.detect.worker import DetectWorker
+
+        return DetectWorker(settings)
+    from cloud.reconcile import Reconciler
+
+    return Reconciler(settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,38 +47,16 @@ def main(argv: list[str] | None = None) -> int:
         return settings
     stop = stop_on_signals()
     serve(settings.metrics_port)
-    if args.worker == "transcribe":
-        from cloud.asr import EngineError
-        from cloud.transcribe import TranscribeWorker
-        from runtime.plugins import MissingPackage
+    from cloud.asr import EngineError
+    from cloud.detect import DetectorError
+    from runtime.plugins import MissingPackage
 
-        try:
-            worker = TranscribeWorker(settings)
-        except (EngineError, MissingPackage) as exc:
-            log.error("%s", exc)
-            return 2
-        worker.run(stop)
-    elif args.worker == "detect":
-        from cloud.detect import DetectorError
-        from cloud.detect.worker import DetectWorker
-        from runtime.plugins import MissingPackage
-
-        try:
-            detector = DetectWorker(settings)
-        except (DetectorError, MissingPackage) as exc:
-            log.error("%s", exc)
-            return 2
-        detector.run(stop)
-    else:
-        from cloud.reconcile import Reconciler
-        from runtime.plugins import MissingPackage
-
-        try:
-            reconciler = Reconciler(settings)
-        except MissingPackage as exc:  # mlflow_tracking_uri set without the mlflow extra
-            log.error("%s", exc)
-            return 2
-        reconciler.run(stop)
+    try:  # a missing model or package (mlflow_tracking_uri without the mlflow extra, say): exit 2
+        worker = _worker(args.worker, settings)
+    except (EngineError, DetectorError, MissingPackage) as exc:
+        log.error("%s", exc)
+        return 2
+    worker.run(stop)
     return 0
 
 

@@ -10,12 +10,19 @@ records behind it flow. The transcriber and the detector share it; keys are (age
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
+
+from confluent_kafka import Message
 
 from cloud.tables import SegmentKey
+from contracts import Reason
+from runtime.kafka import BatchWorker, Publisher
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -60,3 +67,19 @@ def in_hand(store: AttemptStore, keys: list[SegmentKey]) -> Iterator[None]:
         yield
     finally:
         store.forget_attempts(keys)  # the call returned: whatever it gave, nothing died in it
+
+
+def dead_letter_poison(
+    worker: BatchWorker, publisher: Publisher, poison: list[tuple[tuple[Message, Any, Any], int]], what: str
+) -> list[SegmentKey]:
+    """Dead-letter the poison records of a :func:`triage` (items ``(record, message, input)``,
+    ``message`` with ``agent_id`` and ``segment_id``), counted; their keys, to be forgotten once the
+    dead letters are delivered. ``what`` names the work in the dead letter ("transcribing")."""
+    keys = []
+    for (record, message, _), died in poison:
+        log.error("%s of %s: the worker died %d times with it in hand: dead-lettered",
+                  message.segment_id, message.agent_id, died)  # fmt: skip
+        worker.dead_letter(publisher, record, Reason.POISON, f"the worker died {died} times {what} it")
+        worker.tally.add("poison")
+        keys.append((message.agent_id, message.segment_id))
+    return keys

@@ -43,7 +43,7 @@ from confluent_kafka import Message
 from sqlalchemy.exc import SQLAlchemyError
 
 from cloud.asr import TranscriptionEngine, create_engine
-from cloud.attempts import in_hand, triage
+from cloud.attempts import dead_letter_poison, in_hand, triage
 from cloud.audio import SAMPLE_RATE, AudioCodecError, to_float32
 from cloud.metrics import (
     AUDIO_SECONDS,
@@ -185,13 +185,7 @@ class TranscribeWorker(BatchWorker):
         # alone from now on, so that only the segment at fault reaches max_attempts
         sorted_ = triage(self.store, items, lambda item: _key(item[1]), self.settings.max_attempts)
         done: list[tuple[Message, Segment, Transcript | None]] = []
-        poison: list[SegmentKey] = []
-        for (msg, segment, _), died in sorted_.poison:
-            log.error("segment %s of %s: the worker died %d times with it in hand: dead-lettered",
-                      segment.segment_id, segment.agent_id, died)  # fmt: skip
-            self.dead_letter(publisher, msg, Reason.POISON, f"the worker died {died} times transcribing it")
-            self.tally.add("poison")
-            poison.append(_key(segment))
+        poison = dead_letter_poison(self, publisher, sorted_.poison, "transcribing")
         for (msg, segment, audio), died in sorted_.suspects:
             log.warning("segment %s of %s was in hand when a worker died (%d): transcribing it alone",
                         segment.segment_id, segment.agent_id, died)  # fmt: skip

@@ -333,6 +333,7 @@ class Frame(_Model):
         max_length=bounds.MAX_REGIONS,
         description="Where the device saw motion: the detector looks there; empty: the whole frame.",
     )
+    summary: bool = Field(False, description="The device wants the detections back on its detections topic.")
 
     @model_validator(mode="after")
     def _inside(self) -> Frame:
@@ -369,6 +370,7 @@ class Detections(_Model):
     model_id: Name
     worker: Name = Field(description="Which worker instance produced it.")
     detected_at: UnixTime = Field(description=when("When the detector finished."))
+    summary: bool = Field(False, description="The device asked for it: the bridge sends it down to the device.")
 
 
 class CloudTranscript(SegmentHeader):

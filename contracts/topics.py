@@ -21,6 +21,7 @@ class Down(StrEnum):
     RECEIPTS = "receipts"
     CAPTIONS = "captions"
     CONFIG = "config"
+    DETECTIONS = "detections"  # what the detector found in a frame, for a device that asked (Frame.summary)
 
 
 def mqtt_topic(agent_id: str, channel: Up | Down) -> str:

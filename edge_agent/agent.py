@@ -18,7 +18,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from contracts import AgentConfig, Final, Segment, Transcript, Up, encode, mqtt_topic
+from contracts import AgentConfig, Detections, Final, Segment, Transcript, Up, encode, mqtt_topic
 from edge_agent.asr import ModelNotPrepared, create_recognizer
 from edge_agent.captions import CaptionError, CaptionSink
 from edge_agent.capture import SAMPLE_RATE, CaptureError, open_source
@@ -77,6 +77,7 @@ class Agent:
             self.outbox,
             on_final=self._on_final,
             on_config=self._on_config,
+            on_detections=self._on_detections,
             config_state=self.remote.state,
             input_done=self.input_done.is_set,
             resend_after_s=s.outbox.resend_after_s,
@@ -99,7 +100,8 @@ class Agent:
         self._spawn("capture", self._capture_loop)
         self._spawn("heartbeat", self._heartbeat_loop)
         if s.frames.enabled:
-            self.frames = FrameCapture(s.agent_id, s.frames, self.outbox, on_commit=self.link.notify)
+            self.frames = FrameCapture(s.agent_id, s.frames, self.outbox, on_commit=self.link.notify,
+                                       muted=self.remote.muted.is_set)  # privacy mute drops frames too
             self._spawn("frames", lambda: self.frames.run(self.stop_event))
         log.info("agent %s started (outbox depth %d)", s.agent_id, self.outbox.depth())
 
@@ -188,6 +190,11 @@ class Agent:
 
     def _on_final(self, final: Final) -> None:
         self.captions.final(final)
+
+    def _on_detections(self, found: Detections) -> None:
+        """What the cloud found in a frame (``frames.summary``): logged."""
+        boxes = ", ".join(f"{b.label} {b.score:.2f}" for b in found.boxes) or "nothing"
+        log.info("frame %s (seq %d): %s", found.segment_id, found.seq, boxes)
 
     def _on_config(self, config: AgentConfig) -> None:
         """A configuration from the cloud (MQTT network thread): apply it, then report it at once."""

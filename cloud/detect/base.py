@@ -38,16 +38,17 @@ class Detector(ABC):
     """Finds objects in images: YOLO-family networks with a letterboxed input, batched.
 
     Subclasses set ``type_key`` (the ``detect.engine`` setting that selects them), register with
-    ``@DETECTORS.register``, load their model in ``__init__`` (setting ``model_id``, ``labels``,
-    ``width`` and ``height``, the network's input) and implement :meth:`infer`. Heavy imports happen
+    ``@DETECTORS.register``, load their model in ``__init__`` (setting ``model_id``, ``labels`` and
+    ``inputs``, the network's input sizes) and implement :meth:`infer`. Heavy imports happen
     in ``__init__`` (a missing package raises :class:`~runtime.plugins.MissingPackage` naming the extra).
     """
 
     type_key: ClassVar[str]
     model_id: str
     labels: list[str]
-    width: int
-    height: int
+    inputs: list[tuple[int, int]]
+    """``(width, height)`` of each input the network runs at: a model whose size is free runs at each
+    of ``detect.input_sizes`` and the boxes of all are suppressed together (test-time scales)."""
 
     def __init__(self, settings: DetectSettings) -> None:
         self.settings = settings
@@ -56,7 +57,7 @@ class Detector(ABC):
     @abstractmethod
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         """Candidate rows (``cx, cy, w, h, class scores...`` in input pixels) of each image of
-        ``batch`` (``N x 3 x height x width``, RGB in [0, 1])."""
+        ``batch`` (``N x 3 x height x width``, RGB in [0, 1]; one of :attr:`inputs`)."""
 
     def detect(self, crops: Sequence[Crop]) -> list[list[Box]]:
         """The boxes of each crop, in its frame's pixels, best first."""
@@ -64,24 +65,23 @@ class Detector(ABC):
         step = self.settings.max_batch
         for at in range(0, len(crops), step):
             part = crops[at : at + step]
-            fitted = [yolo.letterbox(self.cv2, c.image, self.width, self.height) for c in part]
-            rows = self.infer(np.stack([blob for blob, _ in fitted]))
-            for crop, (_, fit), found in zip(part, fitted, rows, strict=True):
-                limit = (crop.frame_width or crop.image.shape[1], crop.frame_height or crop.image.shape[0])
-                out.append(
-                    yolo.boxes(
-                        self.cv2,
-                        found,
-                        fit,
-                        self.labels,
-                        self.settings.thresholds,
-                        self.settings.threshold,
-                        self.settings.nms_iou,
-                        offset=(crop.x, crop.y),
-                        limit=limit,
-                    )
-                )
+            found: list[list[Box]] = [[] for _ in part]
+            for width, height in self.inputs:
+                fitted = [yolo.letterbox(self.cv2, c.image, width, height) for c in part]
+                rows = self.infer(np.stack([blob for blob, _ in fitted]))
+                for k, (crop, (_, fit), candidates) in enumerate(zip(part, fitted, rows, strict=True)):
+                    found[k] += self._boxes(crop, fit, candidates)
+            if len(self.inputs) > 1:
+                found = [yolo.suppress(self.cv2, boxes, self.settings.nms_iou) for boxes in found]
+            out += found
         return out
+
+    def _boxes(self, crop: Crop, fit: yolo.Letterbox, candidates: np.ndarray) -> list[Box]:
+        """One crop's boxes at one input size, in its frame's pixels."""
+        s = self.settings
+        limit = (crop.frame_width or crop.image.shape[1], crop.frame_height or crop.image.shape[0])
+        return yolo.boxes(self.cv2, candidates, fit, self.labels, s.thresholds, s.threshold, s.nms_iou,
+                          offset=(crop.x, crop.y), limit=limit)  # fmt: skip
 
     def close(self) -> None:  # noqa: B027 - an optional hook
         """Release the model."""

@@ -56,8 +56,10 @@ class OnnxYolo(Detector):
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.input = self.session.get_inputs()[0].name
         shape = self.session.get_inputs()[0].shape
-        self.height = shape[2] if isinstance(shape[2], int) else settings.input_size
-        self.width = shape[3] if isinstance(shape[3], int) else settings.input_size
+        if isinstance(shape[2], int) and isinstance(shape[3], int):
+            self.inputs = [(shape[3], shape[2])]  # a fixed input: the model's own
+        else:
+            self.inputs = [(size, size) for size in settings.input_sizes]
         self.layout = settings.layout if settings.layout != "auto" else sidecar.get("layout") or self._guess_layout()
         self.anchors = [[tuple(a) for a in head] for head in sidecar.get("anchors", [])]
         if self.layout == "darknet" and not self.anchors:
@@ -90,12 +92,12 @@ class OnnxYolo(Detector):
 
     def infer(self, batch: np.ndarray) -> list[np.ndarray]:
         outs = self.session.run(None, {self.input: batch.astype(np.float32, copy=False)})
-        n = batch.shape[0]
+        n, _, height, width = batch.shape
         if self.layout == "darknet":
-            return [yolo.decode_darknet([o[i] for o in outs], self.anchors, self.width, self.height) for i in range(n)]
+            return [yolo.decode_darknet([o[i] for o in outs], self.anchors, width, height) for i in range(n)]
         if self.layout == "ultralytics":
             return [yolo.decode_ultralytics(outs[0][i]) for i in range(n)]
-        return [yolo.decode_yolox(outs[0][i], self.width, self.height) for i in range(n)]
+        return [yolo.decode_yolox(outs[0][i], width, height) for i in range(n)]
 
     def close(self) -> None:
         del self.session

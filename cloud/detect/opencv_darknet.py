@@ -29,7 +29,7 @@ class OpenCvDarknet(Detector):
         cfg, weights = _one(folder, "*.cfg"), _one(folder, "*.weights")
         self.net = self.cv2.dnn.readNetFromDarknet(str(cfg), str(weights))
         self.outputs = self.net.getUnconnectedOutLayersNames()
-        self.width = self.height = settings.input_size  # a Darknet network takes any multiple of 32
+        self.inputs = [(size, size) for size in settings.input_sizes]  # Darknet takes any multiple of 32
         self.labels = files.labels(settings.labels_file or folder / files.LABELS)
         if settings.threads:
             self.cv2.setNumThreads(settings.threads)
@@ -41,8 +41,8 @@ class OpenCvDarknet(Detector):
         n = batch.shape[0]
         per_image = np.concatenate([np.asarray(o).reshape(n, -1, np.asarray(o).shape[-1]) for o in outs], 1)
         rows = per_image[:, :, [0, 1, 2, 3, *range(5, per_image.shape[2])]].astype(np.float32)
-        rows[:, :, [0, 2]] *= self.width
-        rows[:, :, [1, 3]] *= self.height
+        rows[:, :, [0, 2]] *= batch.shape[3]
+        rows[:, :, [1, 3]] *= batch.shape[2]
         return list(rows)
 
 

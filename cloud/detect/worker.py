@@ -22,13 +22,13 @@ import numpy as np
 from confluent_kafka import Message
 from sqlalchemy.exc import SQLAlchemyError
 
-from cloud.attempts import in_hand, triage
+from cloud.attempts import dead_letter_poison, in_hand, triage
 from cloud.detect import yolo
 from cloud.detect.base import Crop, Detector
 from cloud.detect.images import ImageRefused, decode_jpeg
 from cloud.settings import WorkerSettings
 from cloud.store import SegmentKey, Store
-from contracts import DecodeError, Detection, Detections, Frame, Kafka, Reason, decode, encode
+from contracts import DecodeError, Detection, Detections, Frame, Kafka, decode, encode
 from runtime.kafka import BatchWorker, Publisher
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class DetectWorker(BatchWorker):
         self.max_wait_s = self.config.max_wait_ms / 1000
         self.detector = detector or create_detector(self.config)
         self.store = store or Store(settings.store_url)
-        log.info("detecting with %s (input %dx%d)", self.detector.model_id, self.detector.width, self.detector.height)
+        sizes = ", ".join(f"{w}x{h}" for w, h in self.detector.inputs)
+        log.info("detecting with %s (inputs %s)", self.detector.model_id, sizes)
 
     def handle(self, batch: list[Message], publisher: Publisher) -> bool:
         try:
@@ -81,13 +82,7 @@ class DetectWorker(BatchWorker):
                 continue
             items.append((msg, frame, pixels))
         sorted_ = triage(self.store, items, lambda item: _key(item[1]), self.settings.max_attempts)
-        poison: list[SegmentKey] = []
-        for (msg, frame, _), died in sorted_.poison:
-            log.error("frame %s of %s: the worker died %d times with it in hand: dead-lettered",
-                      frame.segment_id, frame.agent_id, died)  # fmt: skip
-            self.dead_letter(publisher, msg, Reason.POISON, f"the worker died {died} times detecting on it")
-            self.tally.add("poison")
-            poison.append(_key(frame))
+        poison = dead_letter_poison(self, publisher, sorted_.poison, "detecting on")
         done: list[tuple[Frame, list[Detection]]] = []
         for (_, frame, pixels), died in sorted_.suspects:
             log.warning("frame %s of %s was in hand when a worker died (%d): detecting on it alone",
@@ -101,6 +96,7 @@ class DetectWorker(BatchWorker):
                 agent_id=frame.agent_id, segment_id=frame.segment_id, seq=frame.seq, captured_at=frame.captured_at,
                 width=frame.image.width, height=frame.image.height, regions=frame.regions, boxes=boxes,
                 model_id=self.detector.model_id, worker=self.settings.worker_name, detected_at=time.time(),
+                summary=frame.summary,
             )  # fmt: skip
             if not self.store.store_detections(frame, found, self.config.images_dir):
                 self.tally.add("duplicate")  # a redone batch: the stored result stands, sent again

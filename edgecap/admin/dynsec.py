@@ -9,7 +9,7 @@ file and an ACL.
 In mosquitto 2.0 its ACLs take no ``%u``/``%c`` patterns, so each device gets a role of its own
 (``edgecap-device-<id>``) that grants exactly its topics, taken from :mod:`contracts.topics`: send on
 its uplink (segments, frames, status), subscribe to and receive its downlink (receipts, captions,
-config), by literal topic, so no wildcard, ``$share/…`` or ``$SYS`` filter matches. The default for
+config, detections), by literal topic, so no wildcard, ``$share/…`` or ``$SYS`` filter matches. The default for
 everything else is "deny" (unsubscribing excepted). The bridge's role reads every device's uplink
 (also through a shared subscription of any group) and writes every device's downlink.
 

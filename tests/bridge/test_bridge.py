@@ -30,6 +30,8 @@ from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from contracts import (
     DeadLetter,
+    Detection,
+    Detections,
     Final,
     Kafka,
     Reason,
@@ -452,3 +454,23 @@ def test_a_dead_thread_makes_the_bridge_unhealthy_and_exit_non_zero(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.integration
+def test_detections_go_down_only_to_a_device_that_asked(mosquitto: Mosquitto, kafka: Tansu, agent: Agent) -> None:
+    def found(summary: bool) -> Detections:
+        now = time.time()
+        cat = Detection(label="cat", class_id=15, score=0.9, x1=1, y1=2, x2=30, y2=40)
+        return Detections(agent_id=agent.agent_id, segment_id=new_segment_id(), seq=1, captured_at=now, width=64,
+                          height=48, boxes=[cat], model_id="m", worker="w", detected_at=now, summary=summary)
+
+    asked, unasked = found(True), found(False)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap})
+    for value in (encode(unasked), encode(asked), b"{not json"):
+        producer.produce(Kafka.DETECTIONS.value, key=agent.agent_id, value=value)
+    assert producer.flush(10) == 0
+    with Bridge(bridge_settings(mosquitto, kafka.bootstrap, downlink=True)) as bridge:
+        wait_until(lambda: bool(agent.detections), 30, "the asked-for detections")
+        wait_until(lambda: bridge.stats()["dead_lettered"].get("bad_json", 0) >= 1, 10, "the dead letter")
+        assert bridge.stats()["downlink_skipped"] >= 1
+        assert [decode(d, Detections) for d in agent.detections] == [asked]

@@ -40,9 +40,11 @@ def jpeg(pixels: np.ndarray, quality: int = 90) -> bytes:
     return bytes(data.tobytes())
 
 
-def frame(agent: str, seq: int, data: bytes, width: int, height: int, regions: list[Region] | None = None) -> Frame:
-    return Frame(agent_id=agent, segment_id=new_segment_id(), seq=seq, captured_at=time.time(),
-                 image=Image(width=width, height=height, data=data), regions=regions or [])  # fmt: skip
+def frame(agent: str, seq: int, data: bytes, width: int, height: int, regions: list[Region] | None = None,
+          summary: bool = False) -> Frame:  # fmt: skip
+    image = Image(width=width, height=height, data=data)
+    return Frame(agent_id=agent, segment_id=new_segment_id(), seq=seq, captured_at=time.time(), image=image,
+                 regions=regions or [], summary=summary)  # fmt: skip
 
 
 def produce(bootstrap: str, values: list[tuple[str, bytes]]) -> None:
@@ -152,12 +154,13 @@ def test_bad_frames_are_dead_lettered_with_their_reason_and_the_rest_flows(kafka
     }
     empty_region = json.loads(encode(frame(agent, 5, good, w, h, [Region(x=0, y=0, width=10, height=10)])))
     empty_region["regions"][0]["width"] = 0
-    last = frame(agent, 6, good, w, h)
+    last = frame(agent, 6, good, w, h, summary=True)  # the device asks for the result back
     produce(kafka.bootstrap, [(agent, encode(f)) for f in bad.values()]
             + [(agent, json.dumps(empty_region).encode()), (agent, encode(last))])  # fmt: skip
 
     [result] = [decode(v, Detections) for v in read_keyed(kafka.bootstrap, Kafka.DETECTIONS, agent, 1, 60)]
     assert result.segment_id == last.segment_id and any(b.label == "cat" for b in result.boxes)
+    assert result.summary  # so the bridge sends it down
     letters = [
         decode(v, DeadLetter)
         for _, v in read_topic(

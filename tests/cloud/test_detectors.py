@@ -101,4 +101,4 @@ def test_settings_refuse_an_unknown_engine_and_bad_thresholds() -> None:
     with pytest.raises(ValidationError, match=r"\(0, 1\]"):
         DetectSettings(thresholds={"cat": 1.5})
     with pytest.raises(ValidationError, match="multiple of 32"):
-        DetectSettings(input_size=300)
+        DetectSettings(input_sizes=[288, 300])

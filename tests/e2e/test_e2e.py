@@ -1,7 +1,8 @@
-"""End to end: the bundled recording, played in real time, becomes final captions in the store.
+"""End to end: the bundled recording, played in real time, becomes final captions in the store, and
+photographs played by the agent's camera become boxes in the store and on the dashboard's routes.
 
 Every process is real and separate: mosquitto, the Kafka-protocol broker, bridge, transcription
-worker, reconciler, dashboard and agent, all started by ``edgecap demo``.
+worker, reconciler, detection worker, dashboard and agent, all started by ``edgecap demo``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pytest
 from devtools import SAMPLES_DIR
 from devtools.brokers import free_port
 from devtools.wer import wer
+from edgecap.demo import DEMO_PHOTOS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.integration, pytest.mark.models]
 
@@ -46,7 +48,8 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     store.close()
     assert len(rows) == utterances
     assert all(r["draft"] and r["final"] for r in rows)
-    assert [r["seq"] for r in rows] == list(range(utterances))
+    seqs = [r["seq"] for r in rows]  # one sequence per device: the camera's frames take numbers too
+    assert len(set(seqs)) == utterances and all(0 <= seq < utterances + len(DEMO_PHOTOS) for seq in seqs)
     assert wer(reference, " ".join(r["final"]["text"] for r in rows)) <= 0.10
 
     # The agent saw the finals come back and replaced its drafts in the SRT file.
@@ -56,3 +59,34 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     assert all(c["version"] == 2 and [v["version"] for v in c["versions"]] == [1, 2] for c in captions)
     assert "-->" in (tmp_path / "captions" / "captions.srt").read_text()
     assert (tmp_path / "captions" / "captions.vtt").read_text().startswith("WEBVTT")
+
+    # The camera: scikit-image's photographs, each sent once, each stored once with its object found
+    # where it is, and served by the dashboard's routes.
+    from fastapi.testclient import TestClient
+    from photos import MIN_IOU, PHOTOS, expected_box, iou
+
+    from cloud.dashboard.app import create_app
+    from cloud.settings import DashboardSettings
+    from edgecap.demo import AGENT_ID
+
+    assert summary["frames_expected"] == len(DEMO_PHOTOS) == summary["frames_stored"]
+    store = Store(f"sqlite:///{tmp_path / 'edgecap.db'}")
+    try:
+        client = TestClient(create_app(DashboardSettings(store_url=f"sqlite:///{tmp_path / 'edgecap.db'}"), store))
+        listed = client.get("/api/frames", params={"agent_id": AGENT_ID}).json()
+        assert len(listed) == len(DEMO_PHOTOS)  # one result per frame: nothing lost, nothing twice
+        for name, frame in zip(sorted(DEMO_PHOTOS), sorted(listed, key=lambda f: f["seq"]), strict=True):
+            label = PHOTOS[name][0]
+            boxes = [b for b in frame["boxes"] if b["label"] == label]
+            assert boxes, (name, frame["boxes"])
+            drawn = expected_box(name, frame["width"], frame["height"])
+            assert max(iou((b["x1"], b["y1"], b["x2"], b["y2"]), drawn) for b in boxes) >= MIN_IOU, (name, boxes)
+            one = client.get(f"/api/frames/{AGENT_ID}/{frame['frame_id']}").json()
+            assert one["boxes"] == frame["boxes"]
+            image = client.get(frame["image_url"])
+            assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
+            assert image.content[:2] == b"\xff\xd8"
+        cats = client.get("/api/frames", params={"label": "cat"}).json()
+        assert [f["seq"] for f in cats] == [sorted(listed, key=lambda f: f["seq"])[2]["seq"]]  # chelsea.png
+    finally:
+        store.close()

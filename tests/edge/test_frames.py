@@ -43,7 +43,7 @@ def make_folder(folder: Path) -> Path:
 
 def settings(source: Path, **kw: object) -> FrameSettings:
     values: dict[str, object] = {"enabled": True, "source": str(source), "fps": 5.0, "realtime": False,
-                                 "motion": True, "jpeg_quality": 85, "max_width": 160}
+                                 "motion": True, "motion_background_s": 0.0, "jpeg_quality": 85, "max_width": 160}
     return FrameSettings(**(values | kw))
 
 
@@ -110,7 +110,8 @@ def test_frame_capture_commits_only_frames_with_motion(tmp_path: Path) -> None:
     capture = FrameCapture("cam-1", settings(make_folder(tmp_path / "imgs")), outbox,
                            on_commit=lambda: commits.append(1))
     capture.run(threading.Event())
-    assert dict(capture.counters) == {"read": 6, "kept": 3, "no_motion": 3}
+    # frame 0 is the first keyframe; 3 and 5 moved against the frame before them
+    assert dict(capture.counters) == {"seen": 6, "sent": 3, "keyframes": 1, "skipped": 3}
     entries = outbox.due(10, 60.0)
     assert len(entries) == len(commits) == 3
     assert {e.topic for e in entries} == {mqtt_topic("cam-1", Up.FRAMES)}
@@ -167,7 +168,7 @@ def test_frames_reach_kafka_through_outbox_link_and_bridge(tmp_path: Path, mosqu
         capture = FrameCapture(agent_id, settings(make_folder(tmp_path / "imgs")), outbox, on_commit=link.notify)
         capture.run(threading.Event())
         _, bad_id = capture.commit(b"GIF89a not a jpeg", 8, 8, time.time())  # refused by the bridge
-        assert capture.counters["kept"] == 3 and capture.counters["no_motion"] == 3
+        assert capture.counters["sent"] == 3 and capture.counters["skipped"] == 3
 
         wait_until(lambda: outbox.depth() == 0, 20, "receipts for every frame (the outbox drained)")
         assert link.counters["receipted"] == 3 and link.counters["rejected"] == 1

@@ -223,3 +223,38 @@ def test_retained_status_is_the_heartbeat(tmp_path: Path, mosquitto: Mosquitto) 
     wait_until(lambda: not statuses[-1].online, 10, "the last word: offline, retained")
     watcher.loop_stop()
     watcher.disconnect()
+
+
+def test_detections_the_device_asked_for_are_handed_over(tmp_path: Path) -> None:
+    """The link's message handling without a broker: its own detections reach the callback, another
+    device's are a bad downlink, and a callback that fails is counted, never raised into paho."""
+    from contracts import Detection, Detections, Down, encode, mqtt_topic
+
+    got: list[Detections] = []
+    outbox = Outbox(tmp_path / "outbox.sqlite3")
+    link = MqttLink("pi-1", MqttSettings(port=1), outbox, on_final=lambda _f: None, on_detections=got.append)
+
+    def found(agent_id: str) -> Detections:
+        cat = Detection(label="cat", class_id=15, score=0.9, x1=1, y1=2, x2=30, y2=40)
+        return Detections(agent_id=agent_id, segment_id="f1", seq=1, captured_at=time.time(), width=64, height=48,
+                          boxes=[cat], model_id="m", worker="w", detected_at=time.time(), summary=True)  # fmt: skip
+
+    def deliver(payload: bytes) -> None:
+        msg = mqtt.MQTTMessage(topic=mqtt_topic("pi-1", Down.DETECTIONS).encode())
+        msg.payload = payload
+        link._on_message(None, None, msg)
+
+    try:
+        deliver(encode(found("pi-1")))
+        deliver(encode(found("pi-2")))
+        assert [d.agent_id for d in got] == ["pi-1"]
+        assert link.counters["detections"] == 1 and link.counters["bad_downlink"] == 1
+
+        def failing(_found: Detections) -> None:
+            raise RuntimeError("a bug in the receiver")
+
+        link.on_detections = failing
+        deliver(encode(found("pi-1")))
+        assert link.counters["downlink_errors"] == 1
+    finally:
+        outbox.close()
