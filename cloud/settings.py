@@ -223,6 +223,15 @@ class DashboardSettings(ServiceSettings):
     kafka: KafkaSettings | None = Field(
         None, description="Kafka, for images uploaded to POST /api/frames (None: uploads are refused)."
     )
+    session_ttl_s: float = Field(12 * 3600.0, gt=60, le=30 * 86400, description="A login lasts this long.")
+    secure_cookies: bool = Field(
+        False, description="Mark the session cookie Secure (sent over HTTPS only): set it behind TLS (an Ingress)."
+    )
+    login_rate: str = Field(
+        "5/5minutes",
+        description="Failed logins allowed per user name and per client address in a moving window "
+        "(the `limits` library's notation); more are refused with 429 until the window moves.",
+    )
     max_upload_bytes: int = Field(
         3 * 1024 * 1024, ge=1, le=3 * 1024 * 1024, description="Largest uploaded image (a frame's JPEG limit)."
     )

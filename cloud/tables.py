@@ -126,6 +126,45 @@ frame_labels = Table(  # which classes a frame holds, for listing frames by clas
 )
 
 
+USERNAME_CHARS = 64
+TOKEN_HASH_CHARS = 64  # hex SHA-256 of a session or API token: the token itself is never stored
+
+dashboard_users = Table(
+    "dashboard_users",
+    metadata,
+    Column("username", String(USERNAME_CHARS), nullable=False),
+    Column("password_hash", Text, nullable=False),  # argon2id, with its parameters (PHC string)
+    Column("role", String(16), nullable=False),  # admin | viewer
+    Column("created_at", Float, nullable=False),
+    PrimaryKeyConstraint("username", name="pk_dashboard_users"),
+)
+
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", String(TOKEN_HASH_CHARS), nullable=False),
+    Column("username", String(USERNAME_CHARS), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    PrimaryKeyConstraint("token_hash", name="pk_dashboard_sessions"),
+    Index("ix_dashboard_sessions_expires_at", "expires_at"),
+)
+
+dashboard_tokens = Table(  # API tokens for scripts
+    "dashboard_tokens",
+    metadata,
+    Column("token_hash", String(TOKEN_HASH_CHARS), nullable=False),
+    Column("token_id", String(16), nullable=False),  # shown in listings, used to revoke
+    Column("username", String(USERNAME_CHARS), nullable=False),
+    Column("name", String(bounds.MAX_NAME_CHARS), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_used_at", Float),
+    PrimaryKeyConstraint("token_hash", name="pk_dashboard_tokens"),
+    Index("ix_dashboard_tokens_token_id", "token_id", unique=True),
+)
+
+
 def by_key(table: Table, key: SegmentKey) -> Any:
     """The condition that selects one segment's rows of ``table``."""
     return and_(table.c.agent_id == key[0], table.c.segment_id == key[1])

@@ -110,6 +110,7 @@ class Demo:
             self._spawn("detect", ["-m", "cloud", "detect"], worker_env | {
                 "EDGECAP_WORKER_DETECT__MODEL_DIR": str(detector),
             })
+        password = self._dashboard_account()
         self._spawn("dashboard", ["-m", "cloud.dashboard"], {
             "EDGECAP_DASHBOARD_STORE_URL": self.store_url,
             "EDGECAP_DASHBOARD_HOST": "127.0.0.1",
@@ -117,7 +118,8 @@ class Demo:
             "EDGECAP_DASHBOARD_KAFKA__BOOTSTRAP_SERVERS": kafka,  # uploads
         })
         wait_for_port(self.args.port, 60, self.services[-1].proc)
-        sys.stderr.write(f"edgecap demo: dashboard at http://127.0.0.1:{self.args.port}  (logs in {self.workdir})\n")
+        sys.stderr.write(f"edgecap demo: dashboard at http://127.0.0.1:{self.args.port}, log in as admin with "
+                         f"password {password}  (logs in {self.workdir})\n")  # fmt: skip
         camera = {} if self.frames is None else {
             "EDGECAP_AGENT_FRAMES__ENABLED": "true",
             "EDGECAP_AGENT_FRAMES__SOURCE": str(self.frames),
@@ -131,6 +133,17 @@ class Demo:
             "EDGECAP_AGENT_OUTBOX__PATH": str(self.workdir / "outbox.sqlite3"),
             "EDGECAP_AGENT_CAPTIONS__DIR": str(self.captions_dir),
         } | camera, stdout=None)
+
+    def _dashboard_account(self) -> str:
+        """The demo's dashboard user ``admin``: its password (``--dashboard-password``, else a new one)."""
+        import secrets
+
+        from cloud.dashboard.accounts import Accounts
+
+        password = self.args.dashboard_password or secrets.token_urlsafe(9)
+        self._open_store()
+        Accounts(self.store).add_user("admin", password, "admin", replace=True)
+        return str(password)
 
     def _frames_source(self) -> Path | None:
         """The camera's folder: ``--frames``, or the bundled photographs (``auto``), or none."""
@@ -350,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "--models-dir", type=Path, default=models_dir(), help="where `edgecap models prepare` put models"
     )
     parser.add_argument("--port", type=int, default=8000, help="dashboard port")
+    parser.add_argument("--dashboard-password", help="password of the dashboard user admin (default: new, printed)")
     parser.add_argument("--frames", default="auto",
                         help="the camera: a folder of images or a video file; auto: scikit-image's photographs; none")
     parser.add_argument("--workdir", help="where logs, the store and captions go (default: a new temp dir)")

@@ -331,3 +331,20 @@ def scrape(port: int) -> dict[str, float]:
             except ValueError:
                 continue
     return out
+
+
+# --- the dashboard -------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+def dashboard_user(store: Any, role: str = "admin") -> tuple[str, dict[str, str]]:
+    """A new dashboard user of ``role`` in ``store`` (password :data:`PASSWORD`): its name and the
+    headers of an API token acting for it."""
+    from cloud.dashboard.accounts import Accounts
+
+    accounts = Accounts(store)
+    name = unique(role)
+    accounts.add_user(name, PASSWORD, role)  # type: ignore[arg-type]
+    secret, _ = accounts.new_token(name, "tests")
+    return name, {"Authorization": f"Bearer {secret}"}

@@ -1,4 +1,5 @@
-"""The dashboard's FastAPI application: a JSON API over the caption store and one static page."""
+"""The dashboard's FastAPI application: a JSON API over the caption store and its pages, behind a login
+(:mod:`cloud.dashboard.access`: every route but the login and ``/healthz`` needs a user)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Query, Request
-from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.staticfiles import StaticFiles
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 from cloud.captions import CaptionVersion, Disagreement
+from cloud.dashboard.access import Caller, Door, admin, caller_of
+from cloud.dashboard.accounts import Accounts
 from cloud.dashboard.uploads import UploadRefused, Uploads
 from cloud.frame_store import FrameRow
 from cloud.settings import DashboardSettings
@@ -23,6 +26,7 @@ from cloud.store import SegmentRow, Store
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
+ASSETS = frozenset({"app.js", "style.css"})
 
 
 class SegmentDetail(SegmentRow):
@@ -36,6 +40,7 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     owned = store is None
     captions = store if store is not None else Store(settings.store_url)
     uploads = Uploads(settings)
+    door = Door(settings, Accounts(captions))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -44,7 +49,52 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         if owned:
             captions.close()
 
-    app = FastAPI(title="edgecap dashboard", version="1", lifespan=lifespan, docs_url="/api/docs", redoc_url=None)
+    # no Swagger page (it loads its scripts from a CDN); the OpenAPI document is behind the login
+    app = FastAPI(title="edgecap dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None, dependencies=[Depends(door.guard)])  # fmt: skip
+    app.state.door = door
+
+    @app.exception_handler(HTTPException)
+    async def refused(request: Request, exc: HTTPException) -> Response:
+        """A page request without a login goes to the login page; an API request gets the status."""
+        page = request.method == "GET" and not request.url.path.startswith("/api/")
+        if exc.status_code == 401 and page and "text/html" in request.headers.get("accept", ""):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/login", include_in_schema=False)
+    def login_page() -> FileResponse:
+        return FileResponse(STATIC / "login.html", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/api/login", response_model=None)
+    async def login(request: Request) -> Response:
+        """Log in with ``{"username", "password"}`` (JSON or a form): a session cookie and the CSRF
+        token that requests which change something must send back in ``X-CSRF-Token``."""
+        if request.headers.get("content-type", "").startswith("application/json"):
+            try:
+                body = await request.json()
+            except ValueError:
+                body = None
+        else:
+            body = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
+        if not isinstance(body, dict):
+            return JSONResponse({"detail": "send username and password"}, status_code=422)
+        return await run_in_threadpool(door.login, request, body)  # argon2 takes tens of ms
+
+    @app.post("/api/logout", response_model=None)
+    def logout(request: Request) -> Response:
+        """End this browser's session."""
+        return door.logout(request)
+
+    @app.get("/api/session")
+    def session(caller: Caller = Depends(caller_of)) -> dict[str, Any]:  # noqa: B008
+        """Who is logged in, their role, and (for a browser session) its CSRF token."""
+        return {"username": caller.user.username, "role": caller.user.role, "via": caller.via,
+                "csrf_token": caller.csrf_token}  # fmt: skip
+
+    @app.get("/api/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
 
     @app.get("/api/segments")
     def list_segments(
@@ -106,9 +156,10 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     async def upload_frame(
         request: Request,
         uploader: str = Query("upload", description="The frame's agent id: who uploaded it."),
+        _: Caller = Depends(admin),  # noqa: B008 - viewers do not upload
     ) -> dict[str, Any] | JSONResponse:
         """An image (JPEG or PNG, the request body) through the frames' pipeline: answered once
-        Kafka has it; its boxes appear at the returned URL when the detector has run."""
+        Kafka has it; its boxes appear at the returned URL when the detector has run (admins only)."""
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > settings.max_upload_bytes:
             return JSONResponse({"detail": f"over {settings.max_upload_bytes} bytes"}, status_code=413)
@@ -146,7 +197,14 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        """The page's own scripts and styles (behind the login too: a mount would skip the guard)."""
+        path = STATIC / name
+        if name not in ASSETS or not path.is_file():
+            return JSONResponse({"detail": "no such file"}, status_code=404)
+        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
     return app
 
 

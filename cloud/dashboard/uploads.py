@@ -94,3 +94,4 @@ class Uploads:
     def close(self) -> None:
         if self._publisher is not None:
             self._publisher.close()
+            self._publisher = None  # the last reference: librdkafka's client goes with it

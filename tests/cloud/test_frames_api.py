@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from photos import load
-from support import unique, wait_until
+from support import dashboard_user, unique, wait_until
 
 from cloud.dashboard.app import create_app
 from cloud.detect.worker import DetectWorker
@@ -51,7 +51,8 @@ def test_an_uploaded_image_gets_its_boxes(kafka: Tansu, models_dir: Path, store:
     thread.start()
     try:
         app = create_app(DashboardSettings(store_url="sqlite://", kafka=bus), store)
-        with TestClient(app) as client:  # its lifespan closes the uploads' producer
+        _, admin = dashboard_user(store, "admin")
+        with TestClient(app, headers=admin) as client:  # its lifespan closes the uploads' producer
             upload(client)
     finally:
         stop.set()
@@ -79,7 +80,8 @@ def test_uploads_that_cannot_be_taken_are_refused_with_their_reason(store: Store
     from PIL import Image as Pil
 
     no_kafka_settings = DashboardSettings(store_url="sqlite://", max_upload_bytes=200_000)
-    client = TestClient(create_app(no_kafka_settings, store))
+    _, admin = dashboard_user(store, "admin")
+    client = TestClient(create_app(no_kafka_settings, store), headers=admin)
     gif = io.BytesIO()
     Pil.new("RGB", (10, 10)).save(gif, "GIF")
     cases = {

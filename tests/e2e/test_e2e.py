@@ -64,6 +64,7 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     # where it is, and served by the dashboard's routes.
     from fastapi.testclient import TestClient
     from photos import MIN_IOU, PHOTOS, expected_box, iou
+    from support import dashboard_user
 
     from cloud.dashboard.app import create_app
     from cloud.settings import DashboardSettings
@@ -72,7 +73,9 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
     assert summary["frames_expected"] == len(DEMO_PHOTOS) == summary["frames_stored"]
     store = Store(f"sqlite:///{tmp_path / 'edgecap.db'}")
     try:
-        client = TestClient(create_app(DashboardSettings(store_url=f"sqlite:///{tmp_path / 'edgecap.db'}"), store))
+        _, viewer = dashboard_user(store, "viewer")
+        app = create_app(DashboardSettings(store_url=f"sqlite:///{tmp_path / 'edgecap.db'}"), store)
+        client = TestClient(app, headers=viewer)
         listed = client.get("/api/frames", params={"agent_id": AGENT_ID}).json()
         assert len(listed) == len(DEMO_PHOTOS)  # one result per frame: nothing lost, nothing twice
         for name, frame in zip(sorted(DEMO_PHOTOS), sorted(listed, key=lambda f: f["seq"]), strict=True):

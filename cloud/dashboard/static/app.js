@@ -134,9 +134,19 @@ function renderStats(stats) {
 
 async function fetchJSON(url) {
   const response = await fetch(url, { cache: "no-store" });
+  if (response.status === 401) location.assign("/login"); // the session ended
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return response.json();
 }
+
+async function logout() {
+  const session = await fetchJSON("/api/session");
+  await fetch("/api/logout", { method: "POST", headers: { "X-CSRF-Token": session.csrf_token || "" } });
+  location.assign("/login");
+}
+
+document.getElementById("logout").addEventListener("click", logout);
+fetchJSON("/api/session").then((s) => { document.getElementById("user").textContent = `${s.username} · ${s.role}`; });
 
 async function poll() {
   const asked = generation;
