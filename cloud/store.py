@@ -452,13 +452,19 @@ class Store(FrameRecords):
 
     # --- reads --------------------------------------------------------------------------
 
-    def list_segments(self, limit: int = 200, agent_id: str | None = None) -> list[SegmentRow]:
-        """The newest segments first (by capture time, then sequence number)."""
+    def list_segments(
+        self, limit: int = 200, agent_id: str | None = None, since: float | None = None, until: float | None = None
+    ) -> list[SegmentRow]:
+        """The newest segments first (by capture time, then sequence number), captured in [since, until)."""
         query = select(segments).order_by(
             segments.c.started_at.desc(), segments.c.seq.desc(), segments.c.agent_id, segments.c.segment_id.desc()
         )
         if agent_id is not None:
             query = query.where(segments.c.agent_id == agent_id)
+        if since is not None:
+            query = query.where(segments.c.started_at >= since)
+        if until is not None:
+            query = query.where(segments.c.started_at < until)
         with self._reader.connect() as conn:
             rows = conn.execute(query.limit(max(0, limit))).all()
         return [_view(row._mapping) for row in rows]

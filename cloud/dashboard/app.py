@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
@@ -22,6 +23,7 @@ from cloud.dashboard.uploads import UploadRefused, Uploads
 from cloud.frame_store import FrameRow
 from cloud.settings import DashboardSettings
 from cloud.store import SegmentRow, Store
+from contracts.subtitles import one_line, srt_document, vtt_document
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,30 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         if row is None:
             return JSONResponse({"detail": "no such segment"}, status_code=404)
         return SegmentDetail(**row, versions=captions.versions(key))
+
+    @app.get("/api/export", response_model=None)
+    def export(
+        format: Literal["srt", "vtt", "txt", "json"] = Query("srt", description="srt, vtt, txt or json."),  # noqa: A002
+        agent_id: str | None = Query(None, description="Only this agent's segments."),
+        since: float | None = Query(None, description="Only segments captured at or after this Unix time."),
+        until: float | None = Query(None, description="Only segments captured before this Unix time."),
+        limit: int = Query(1000, ge=1, le=100_000, description="Most segments (the newest of the selection)."),
+    ) -> Response:
+        """The selected captions as a file, oldest first: each segment's final, or its draft while it
+        has none; subtitle times run from the first segment's start."""
+        rows = captions.list_segments(limit=limit, agent_id=agent_id, since=since, until=until)[::-1]
+        name = f"edgecap-{agent_id or 'all'}.{format}"
+        headers = {"Content-Disposition": f'attachment; filename="{name}"'}
+        if format == "json":
+            return JSONResponse(rows, headers=headers)
+        cues = [_Cue.of(row) for row in rows]
+        origin = cues[0].started_at if cues else 0.0
+        if format == "srt":
+            return Response(srt_document(cues, origin), media_type="application/x-subrip", headers=headers)
+        if format == "vtt":
+            return Response(vtt_document(cues, origin), media_type="text/vtt", headers=headers)
+        text = "".join(f"{one_line(c.text)}\n" for c in cues if c.text.strip())
+        return Response(text, media_type="text/plain; charset=utf-8", headers=headers)
 
     @app.get("/api/disagreement")
     def disagreement(
@@ -206,6 +232,22 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         return FileResponse(path, headers={"Cache-Control": "no-cache"})
 
     return app
+
+
+@dataclass(frozen=True)
+class _Cue:
+    """A segment as a subtitle cue: its final's text, or its draft's while it has no final."""
+
+    segment_id: str
+    started_at: float
+    ended_at: float
+    text: str
+
+    @classmethod
+    def of(cls, row: SegmentRow) -> _Cue:
+        shown = row["final"] or row["draft"]
+        text = shown["text"] if shown else ""
+        return cls(row["segment_id"], row["started_at"], row["ended_at"], text)
 
 
 def _frame_json(row: FrameRow) -> dict[str, Any]:

@@ -6,9 +6,9 @@ every version), each rewritten atomically so a final replaces its draft in place
 append-only ``captions.events.jsonl``.
 """
 
+from contracts.subtitles import srt_time, vtt_time
 from edge_agent.captions.caption import Caption, Version
 from edge_agent.captions.files import CaptionError
-from edge_agent.captions.formats import srt_time, vtt_time
 from edge_agent.captions.sink import CaptionSink
 
 __all__ = ["Caption", "CaptionError", "CaptionSink", "Version", "srt_time", "vtt_time"]

@@ -16,8 +16,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TextIO
 
+from contracts.subtitles import VTT_HEADER, srt_body, vtt_cue
 from edge_agent.captions.caption import Caption
-from edge_agent.captions.formats import VTT_HEADER, srt_body, vtt_cue
 
 log = logging.getLogger(__name__)
 

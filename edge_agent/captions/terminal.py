@@ -13,8 +13,8 @@ import textwrap
 from collections import OrderedDict
 from typing import TextIO
 
+from contracts.subtitles import one_line
 from edge_agent.captions.caption import Caption
-from edge_agent.captions.formats import one_line
 
 log = logging.getLogger(__name__)
 

@@ -154,3 +154,29 @@ def test_page_renders_drafts_and_finals_in_chromium(store: Store, served: str, t
         r'<tr data-agent-id="([^"]+)" data-segment-id="([^"]+)"[^>]*data-state="(\w+)"', dom)}  # fmt: skip
     assert rows == {("pi-7", store.ids["final"]): "final", ("pi-7", store.ids["draft"]): "draft"}
     assert dom.index(store.ids["draft"]) < dom.index(store.ids["final"])  # newest first
+
+
+def test_export_parses_as_srt_and_webvtt(store: Store, tmp_path: Path) -> None:
+    """The captions as files, read back with independent parsers (srt, webvtt-py)."""
+    import srt
+    import webvtt
+
+    _, token = dashboard_user(store, "viewer")
+    client = TestClient(create_app(DashboardSettings(), store=store), headers=token)
+    answer = client.get("/api/export", params={"format": "srt", "agent_id": "pi-7"})
+    assert answer.status_code == 200 and 'filename="edgecap-pi-7.srt"' in answer.headers["content-disposition"]
+    cues = list(srt.parse(answer.text))
+    assert [c.content for c in cues] == [FINAL, DRAFT_ONLY]  # oldest first; the final where there is one
+    assert [c.start.total_seconds() for c in cues] == [0.0, 5.0] and cues[0].end.total_seconds() == 3.0
+    vtt_file = tmp_path / "captions.vtt"
+    vtt_file.write_text(client.get("/api/export", params={"format": "vtt"}).text)
+    parsed = webvtt.read(str(vtt_file))
+    assert [(c.identifier, c.text, c.start) for c in parsed] == [
+        (store.ids["final"], FINAL, "00:00:00.000"), (store.ids["draft"], DRAFT_ONLY, "00:00:05.000")
+    ]  # fmt: skip
+    assert client.get("/api/export", params={"format": "txt"}).text == f"{FINAL}\n{DRAFT_ONLY}\n"
+    rows = client.get("/api/export", params={"format": "json"}).json()
+    assert [r["segment_id"] for r in rows] == [store.ids["final"], store.ids["draft"]]
+    assert client.get("/api/export", params={"format": "txt", "since": T0 + 1}).text == f"{DRAFT_ONLY}\n"
+    assert client.get("/api/export", params={"format": "srt", "agent_id": "nobody"}).text == ""
+    assert client.get("/api/export", params={"format": "docx"}).status_code == 422

@@ -1,10 +1,28 @@
-"""SRT and WebVTT rendering: times, cue blocks and the escaping each format needs."""
+"""SRT and WebVTT rendering: times, cue blocks and the escaping each format needs.
+
+One implementation for the device's caption files (``edge_agent.captions``) and the cloud's
+export (``GET /api/export``): a cue is anything with a ``segment_id``, ``started_at``,
+``ended_at`` (Unix seconds) and ``text``; times in a file run from ``origin``.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
+from typing import Protocol
 
-from edge_agent.captions.caption import Caption
+
+class Caption(Protocol):
+    """What a cue is made of."""
+
+    @property
+    def segment_id(self) -> str: ...
+    @property
+    def started_at(self) -> float: ...
+    @property
+    def ended_at(self) -> float: ...
+    @property
+    def text(self) -> str: ...
 
 VTT_HEADER = "WEBVTT\n\n"
 _ARROWS = re.compile(r"-{2,}>")
@@ -65,3 +83,14 @@ def vtt_cue(caption: Caption, origin: float) -> str | None:
         return None
     start, end = _span(caption, origin)
     return f"{caption.segment_id}\n{vtt_time(start)} --> {vtt_time(end)}\n{text}\n\n"
+
+
+def srt_document(captions: Iterable[Caption], origin: float) -> str:
+    """A whole SRT file: the non-empty captions numbered from 1, in the order given."""
+    bodies = [b for b in (srt_body(c, origin) for c in captions) if b is not None]
+    return "".join(f"{k}\n{body}" for k, body in enumerate(bodies, 1))
+
+
+def vtt_document(captions: Iterable[Caption], origin: float) -> str:
+    """A whole WebVTT file, each cue named by its segment id."""
+    return VTT_HEADER + "".join(c for c in (vtt_cue(caption, origin) for caption in captions) if c is not None)
