@@ -223,6 +223,9 @@ class DashboardSettings(ServiceSettings):
     kafka: KafkaSettings | None = Field(
         None, description="Kafka, for images uploaded to POST /api/frames (None: uploads are refused)."
     )
+    events_poll_s: float = Field(
+        0.25, gt=0, le=10, description="How often each live feed (GET /api/events) reads the store for changes."
+    )
     session_ttl_s: float = Field(12 * 3600.0, gt=60, le=30 * 86400, description="A login lasts this long.")
     secure_cookies: bool = Field(
         False, description="Mark the session cookie Secure (sent over HTTPS only): set it behind TLS (an Ingress)."

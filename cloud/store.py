@@ -469,6 +469,18 @@ class Store(FrameRecords):
             rows = conn.execute(query.limit(max(0, limit))).all()
         return [_view(row._mapping) for row in rows]
 
+    def changed_since(
+        self, since: float, agent_id: str | None = None, limit: int = 500
+    ) -> list[tuple[float, SegmentRow]]:
+        """Segments written after ``since`` (their ``updated_at``, the writer's clock), oldest change
+        first, each with its change time: the dashboard's live feed reads this again and again."""
+        query = select(segments).where(segments.c.updated_at > since).order_by(segments.c.updated_at).limit(limit)
+        if agent_id is not None:
+            query = query.where(segments.c.agent_id == agent_id)
+        with self._reader.connect() as conn:
+            rows = conn.execute(query).all()
+        return [(float(row.updated_at), _view(row._mapping)) for row in rows]
+
     def get(self, key: SegmentKey) -> SegmentRow | None:
         with self._reader.connect() as conn:
             row = conn.execute(select(segments).where(by_key(segments, key))).first()

@@ -64,6 +64,7 @@ segments = Table(
     Index("ix_segments_agent_seq", "agent_id", "seq"),
     Index("ix_segments_segment_id", "segment_id"),  # collisions across devices
     Index("ix_segments_unpublished", "final_published_at", "draft_stored_at"),  # the deadline scan
+    Index("ix_segments_updated_at", "updated_at"),  # the dashboard's change feed
 )
 
 caption_versions = Table(

@@ -14,11 +14,13 @@ from urllib.parse import parse_qsl
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
+from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from cloud.captions import CaptionVersion, Disagreement
 from cloud.dashboard.access import Caller, Door, admin, caller_of
 from cloud.dashboard.accounts import Accounts
+from cloud.dashboard.live import PING_S, parse_cursor, segment_events
 from cloud.dashboard.uploads import UploadRefused, Uploads
 from cloud.frame_store import FrameRow
 from cloud.settings import DashboardSettings
@@ -105,6 +107,18 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     ) -> list[SegmentRow]:
         """Segments with their draft and final caption, newest first."""
         return captions.list_segments(limit=limit, agent_id=agent_id)
+
+    @app.get("/api/events", response_model=None)
+    def events(
+        request: Request,
+        agent_id: str | None = Query(None, description="Only this agent's segments."),
+        since: float | None = Query(None, description="Start after this change time (default: now)."),
+    ) -> EventSourceResponse:
+        """Server-sent events: one ``segment`` event per new state of a segment (its draft, its
+        final), resumable (``Last-Event-ID``); see :mod:`cloud.dashboard.live`."""
+        cursor = parse_cursor(request.headers.get("last-event-id"), since)
+        stream = segment_events(request, captions, cursor, agent_id, settings.events_poll_s)
+        return EventSourceResponse(stream, ping=PING_S, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/segments/{agent_id}/{segment_id}", response_model=None)
     def get_segment(agent_id: str, segment_id: str) -> SegmentDetail | JSONResponse:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -29,33 +31,27 @@ DRAFT_OF_FINAL = "the old farmer walk slowly"
 FINAL = "The old farmer walked slowly."
 
 
+def draft(store: Store, sid: str, seq: int, text: str, agent: str = "pi-7") -> None:
+    store.upsert_draft(
+        Draft(agent_id=agent, segment_id=sid, seq=seq, started_at=T0 + seq * 5, ended_at=T0 + seq * 5 + 3,
+              draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 5 + 3.2))
+    )  # fmt: skip
+
+
+def final(store: Store, sid: str, seq: int, text: str, agent: str = "pi-7") -> None:
+    transcript = Transcript(text=text, model_id="whisper-tiny.en-hf", produced_at=T0 + seq * 5 + 4)
+    cloud = CloudTranscript(agent_id=agent, segment_id=sid, seq=seq, started_at=T0 + seq * 5,
+                            ended_at=T0 + seq * 5 + 3, transcript=transcript, worker="w1")  # fmt: skip
+    store.record_final(cloud, reconcile)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     s = Store(f"sqlite:///{tmp_path / 'captions.db'}")
     finished, pending = new_segment_id(), new_segment_id()
-    for seq, sid, text in ((0, finished, DRAFT_OF_FINAL), (1, pending, DRAFT_ONLY)):
-        s.upsert_draft(
-            Draft(
-                agent_id="pi-7",
-                segment_id=sid,
-                seq=seq,
-                started_at=T0 + seq * 5,
-                ended_at=T0 + seq * 5 + 3,
-                draft=Transcript(text=text, model_id="whisper-tiny.en-int8-onnx", produced_at=T0 + seq * 5 + 3.2),
-            )
-        )
-    s.record_final(
-        CloudTranscript(
-            agent_id="pi-7",
-            segment_id=finished,
-            seq=0,
-            started_at=T0,
-            ended_at=T0 + 3,
-            transcript=Transcript(text=FINAL, model_id="whisper-tiny.en-hf", produced_at=T0 + 4),
-            worker="w1",
-        ),
-        reconcile,
-    )
+    draft(s, finished, 0, DRAFT_OF_FINAL)
+    draft(s, pending, 1, DRAFT_ONLY)
+    final(s, finished, 0, FINAL)
     s.ids = {"final": finished, "draft": pending}  # type: ignore[attr-defined]
     yield s
     s.close()
@@ -142,9 +138,18 @@ def test_page_renders_drafts_and_finals_in_chromium(store: Store, served: str, t
             page.click("button[type=submit]")
             page.wait_for_selector("tr[data-state=final]")
             page.wait_for_selector("#stat-finals:has-text('1')")
+            page.wait_for_selector("#live:has-text('live')")
             dom = page.content()
             page.screenshot(path=str(tmp_path / "captions.png"))
             assert page.text_content("#user") == f"{user} · viewer"
+            # live, without a reload: a new draft appears, then its final replaces it in place
+            sid = new_segment_id()
+            draft(store, sid, 2, "the live draf")
+            row = f'tr[data-segment-id="{sid}"]'
+            page.wait_for_selector(f"{row}[data-state=draft]")
+            final(store, sid, 2, "The live draft.")
+            page.wait_for_selector(f"{row}[data-state=final]")
+            assert "The live draft." in (page.text_content(row) or "")
         finally:
             browser.close()
     assert DRAFT_ONLY in dom and DRAFT_OF_FINAL in dom
@@ -180,3 +185,42 @@ def test_export_parses_as_srt_and_webvtt(store: Store, tmp_path: Path) -> None:
     assert client.get("/api/export", params={"format": "txt", "since": T0 + 1}).text == f"{DRAFT_ONLY}\n"
     assert client.get("/api/export", params={"format": "srt", "agent_id": "nobody"}).text == ""
     assert client.get("/api/export", params={"format": "docx"}).status_code == 422
+
+
+def test_the_live_feed_resumes_where_it_left_off(store: Store, served: str) -> None:
+    """Server-sent events over a real server: every segment's states in order; a client that went
+    away and comes back with its last event id gets what changed meanwhile (nothing missed)."""
+    import httpx
+    from httpx_sse import connect_sse
+
+    _, token = dashboard_user(store, "viewer")
+
+    Events = list[dict[str, Any]]
+
+    def read(client: httpx.Client, want: Callable[[Events], bool], **headers: str) -> tuple[Events, str]:
+        events: Events = []
+        last = ""
+        with connect_sse(client, "GET", "/api/events", params={"since": 0}, headers=token | headers) as source:
+            assert source.response.headers["content-type"].startswith("text/event-stream")
+            for sse in source.iter_sse():
+                if sse.event != "segment":
+                    continue
+                events.append(json.loads(sse.data))
+                last = sse.id
+                if want(events):
+                    break
+        return events, last
+
+    def states(events: Events) -> set[tuple[str, int]]:
+        return {(e["segment_id"], e["final"]["version"] if e["final"] else 1) for e in events}
+
+    with httpx.Client(base_url=served, timeout=20) as client:
+        first, last = read(client, lambda e: len(states(e)) >= 2)
+        assert states(first) == {(store.ids["final"], 2), (store.ids["draft"], 1)}
+        away = new_segment_id()  # while the client is away: a new draft, and the pending one's final
+        draft(store, away, 2, "while you were away")
+        final(store, store.ids["draft"], 1, "Please bring a warm coat.")
+        wanted = {(away, 1), (store.ids["draft"], 2)}
+        again, _ = read(client, lambda e: wanted <= states(e), **{"Last-Event-ID": last})
+        assert wanted <= states(again)
+        assert client.get("/api/events", timeout=5).status_code == 401  # no token: the door

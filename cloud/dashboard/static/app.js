@@ -1,7 +1,8 @@
-// edgecap dashboard: polls /api/segments every second and updates caption rows in place.
+// edgecap dashboard: the captions as they happen (server-sent events from /api/events; a reconnect
+// resumes where it left off), each row updated in place when its final replaces its draft.
 "use strict";
 
-const POLL_MS = 1000;
+const STATS_MS = 5000;
 const LIMIT = 200;
 
 const tbody = document.getElementById("captions");
@@ -11,8 +12,9 @@ const agentFilter = document.getElementById("agent-filter");
 const rows = new Map(); // "agent_id/segment_id" -> { tr, cells, key }: ids are unique per device only
 const agents = new Set();
 let loaded = false; // after the first render, new and changed rows flash
-let timer = null;
 let generation = 0; // bumped when the filter changes: answers to older requests are dropped
+let source = null; // the EventSource of the live feed
+let current = new Map(); // "agent_id/segment_id" -> the newest state of each segment seen
 
 function el(tag, className, text) {
   const node = document.createElement(tag);
@@ -148,36 +150,73 @@ async function logout() {
 document.getElementById("logout").addEventListener("click", logout);
 fetchJSON("/api/session").then((s) => { document.getElementById("user").textContent = `${s.username} · ${s.role}`; });
 
-async function poll() {
-  const asked = generation;
-  try {
-    const params = new URLSearchParams({ limit: String(LIMIT) });
-    if (agentFilter.value) params.set("agent_id", agentFilter.value);
-    const [segments, stats] = await Promise.all([
-      fetchJSON(`/api/segments?${params}`),
-      fetchJSON("/api/stats"),
-    ]);
+function version(seg) {
+  return seg.final ? seg.final.version : 1;
+}
+
+function keep(seg) {
+  const id = `${seg.agent_id}/${seg.segment_id}`;
+  const known = current.get(id);
+  if (!known || version(seg) >= version(known)) current.set(id, seg);
+}
+
+function show() {
+  const newest = [...current.values()].sort((a, b) => b.started_at - a.started_at || b.seq - a.seq);
+  render(newest.slice(0, LIMIT));
+}
+
+function filterParams() {
+  const params = new URLSearchParams();
+  if (agentFilter.value) params.set("agent_id", agentFilter.value);
+  return params;
+}
+
+async function load(asked) {
+  const params = filterParams();
+  params.set("limit", String(LIMIT));
+  const segments = await fetchJSON(`/api/segments?${params}`);
+  if (asked !== generation) return;
+  for (const seg of segments) keep(seg);
+  show();
+}
+
+function connect() {
+  const asked = ++generation;
+  if (source) source.close();
+  current = new Map();
+  // the feed first, then the list: a change in between comes in both, and applying it twice is harmless
+  source = new EventSource(`/api/events?${filterParams()}`);
+  source.addEventListener("segment", (event) => {
     if (asked !== generation) return;
-    render(segments);
-    renderStats(stats);
-    live.textContent = `live · ${clock(Date.now() / 1000)}`;
+    keep(JSON.parse(event.data));
+    show();
+  });
+  source.onopen = () => {
+    live.textContent = "live";
     live.className = "live ok";
-  } catch (error) {
-    live.textContent = "offline: retrying";
+    load(asked).catch((error) => console.warn(error));
+  };
+  source.onerror = () => {
+    live.textContent = "reconnecting…"; // the browser retries and resumes from the last event id
     live.className = "live down";
+  };
+}
+
+async function pollStats() {
+  try {
+    renderStats(await fetchJSON("/api/stats"));
+  } catch (error) {
     console.warn(error);
-  } finally {
-    if (asked === generation) timer = setTimeout(poll, POLL_MS);
   }
 }
 
 agentFilter.addEventListener("change", () => {
-  generation++;
-  clearTimeout(timer);
   for (const entry of rows.values()) entry.tr.remove();
   rows.clear();
   loaded = false;
-  poll();
+  connect();
 });
 
-poll();
+connect();
+pollStats();
+setInterval(pollStats, STATS_MS);
