@@ -34,7 +34,7 @@ from cloud.rule import UPGRADE_VERSION, reconcile
 from cloud.settings import WorkerSettings
 from cloud.store import SegmentKey, Store
 from cloud.tracking import open_disagreement_log
-from contracts import CloudTranscript, DecodeError, Draft, Final, Kafka, Segment, decode, encode
+from contracts import CloudTranscript, DecodeError, Draft, Final, Kafka, Segment, Status, decode, encode
 from runtime.kafka import RECORD_OVERHEAD_BYTES, BatchWorker, Publisher, record_limit
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class Reconciler(BatchWorker):
     name = "reconcile"
     # edge drafts come inside their segments (edgecap.segments); edgecap.drafts takes drafts sent on
     # their own, by producers outside edgecap's bridge
-    inputs = (Kafka.SEGMENTS, Kafka.DRAFTS, Kafka.TRANSCRIPTS)
+    inputs = (Kafka.SEGMENTS, Kafka.DRAFTS, Kafka.TRANSCRIPTS, Kafka.STATUS)  # and the fleet's statuses
     outputs = (Kafka.FINALS, Kafka.DEADLETTER)
     batch_size = 200
     max_wait_s = 0.05
@@ -117,6 +117,8 @@ class Reconciler(BatchWorker):
                 self._segment(raw)
             elif msg.topic() == Kafka.DRAFTS:
                 self._draft(decode(raw, Draft))
+            elif msg.topic() == Kafka.STATUS:
+                self.tally.add("status" if self.store.record_status(decode(raw, Status)) else "status_older")
             else:
                 self._transcript(decode(raw, CloudTranscript), publisher, sent)
         except DecodeError as exc:
@@ -172,6 +174,10 @@ class Reconciler(BatchWorker):
         logged; the next tick tries again (claimed but unsent finals are sent after RESEND_AFTER_S)."""
         if self.tracking is not None:
             self.tracking.tick()  # never raises
+        try:
+            self.store.trim_status_history(time.time() - self.settings.status_history_s)
+        except SQLAlchemyError:
+            log.exception("trimming the status history failed; the next tick tries again")
         try:
             started = time.monotonic()
             finals: list[Final] = []

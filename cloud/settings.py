@@ -192,6 +192,9 @@ class WorkerSettings(ServiceSettings):
     mlflow_disagreement_every_s: float = Field(
         300.0, gt=0, le=86400, description="Reconciler: log each agent's draft-to-final disagreement this often."
     )
+    status_history_s: float = Field(
+        86400.0, gt=0, description="Reconciler: how long each device's past statuses are kept (the latest stays)."
+    )
     final_deadline_s: float = Field(
         60.0,
         gt=0,

@@ -60,6 +60,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
 from cloud.captions import CaptionVersion, Disagreement, DraftRow, FinalRow, Reconciliation, SegmentRow
+from cloud.fleet_store import FleetRecords
 from cloud.frame_store import FrameRecords, FrameRow
 from cloud.provenance import provenance
 from cloud.rule import DRAFT_VERSION, FINAL_VERSION, UPGRADE_VERSION, Rule, deadline_final
@@ -150,9 +151,10 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-class Store(FrameRecords):
+class Store(FrameRecords, FleetRecords):
     """Segments, their edge drafts and final captions, and every caption version; frames and their
-    detections (:class:`~cloud.frame_store.FrameRecords`)."""
+    detections (:class:`~cloud.frame_store.FrameRecords`); the fleet's statuses
+    (:class:`~cloud.fleet_store.FleetRecords`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         parsed = make_url(url)

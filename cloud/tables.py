@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -126,6 +127,30 @@ frame_labels = Table(  # which classes a frame holds, for listing frames by clas
     Index("ix_frame_labels_label_captured_at", "label", "captured_at"),
 )
 
+
+agent_status = Table(  # each device's latest status (its heartbeat, or its last will: offline)
+    "agent_status",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("at", Float, nullable=False),  # the device's clock
+    Column("online", Boolean, nullable=False),
+    Column("site", String(bounds.MAX_SITE_CHARS)),
+    Column("status", Text, nullable=False),  # the Status as it came (JSON)
+    Column("received_at", Float, nullable=False),  # the cloud's clock: "last seen"
+    PrimaryKeyConstraint("agent_id", name="pk_agent_status"),
+)
+
+agent_status_history = Table(  # a short history per device (status_history_s)
+    "agent_status_history",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("at", Float, nullable=False),
+    Column("online", Boolean, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("received_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "at", name="pk_agent_status_history"),
+    Index("ix_agent_status_history_received_at", "received_at"),
+)
 
 USERNAME_CHARS = 64
 TOKEN_HASH_CHARS = 64  # hex SHA-256 of a session or API token: the token itself is never stored

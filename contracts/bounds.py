@@ -74,6 +74,9 @@ rate (the bridge narrows the duration to its ``max_audio_s``)."""
 MAX_IMAGE_SIDE = 8_192
 """Pixels on either side of an image (the bridge narrows it further)."""
 
+MAX_SITE_CHARS = 64
+"""A device's site name."""
+
 MAX_REGIONS = 64
 """Motion regions of one frame (the agent merges more into fewer)."""
 

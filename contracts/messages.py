@@ -456,6 +456,9 @@ class Status(_Model):
         default=False,
         description="The agent's input (a file, stdin) has ended and all of it is captioned; a microphone never ends.",
     )
+    site: Annotated[str, _text(bounds.MAX_SITE_CHARS)] | None = Field(
+        default=None, description="Where the device is (its configured site), for views of many sites."
+    )
 
 
 class AgentConfig(_Model):

@@ -85,6 +85,7 @@ class Agent:
             resend_max_s=s.outbox.resend_max_s,
             health=self.health,
             watchdog=self.watchdog,
+            site=s.site,
         )
         self.link.start()
         self.drafter = Drafter(

@@ -111,6 +111,7 @@ class MqttLink:
         resend_max_s: float = 300.0,
         health: Health | None = None,
         watchdog: Watchdog | None = None,
+        site: str | None = None,
     ) -> None:
         """``watchdog`` runs the publish loop (the agent's, so that its death stops the agent)."""
         check_identity(agent_id, settings)
@@ -120,6 +121,7 @@ class MqttLink:
         self.on_final = on_final
         self.on_config = on_config
         self.on_detections = on_detections  # what the cloud found in a frame this device asked about
+        self.site = site
         self.config_state = config_state  # (applied config version, muted) for the status
         self.input_done = input_done  # whether the input ended and is all captioned, for the status
         self.resend_after_s = resend_after_s
@@ -371,7 +373,7 @@ class MqttLink:
         """This agent's status now: outbox, quota, quarantine, failed appends and (with a health
         object) process figures."""
         if not online:
-            return Status(agent_id=self.agent_id, online=False, at=time.time())
+            return Status(agent_id=self.agent_id, online=False, at=time.time(), site=self.site)
         dropped = self.outbox.counters()
         held = self.outbox.quarantine_counters()
         health = self.health
@@ -395,6 +397,7 @@ class MqttLink:
             config_version=config_version,
             muted=muted,
             input_done=self.input_done() if self.input_done is not None else False,
+            site=self.site,
         )
 
     def _status(self, *, online: bool) -> bytes:

@@ -174,6 +174,9 @@ class AgentSettings(ServiceSettings):
     agent_id: str = Field(
         "agent-1", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="This device's identity."
     )
+    site: str | None = Field(
+        None, min_length=1, max_length=64, description="Where this device is (a site name): in its status."
+    )
     mqtt: MqttSettings = Field(default_factory=MqttSettings, description="MQTT broker.")
     input: InputSettings = Field(default_factory=InputSettings, description="Audio input.")
     frames: FrameSettings = Field(default_factory=FrameSettings, description="Camera frames.")

@@ -153,6 +153,23 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         text = "".join(f"{one_line(c.text)}\n" for c in cues if c.text.strip())
         return Response(text, media_type="text/plain; charset=utf-8", headers=headers)
 
+    @app.get("/api/agents")
+    def list_agents(site: str | None = Query(None, description="Only this site's agents.")) -> list[dict[str, Any]]:
+        """The fleet: each agent's latest status (online, or offline by its last will; last seen; site;
+        queue, quota, mute, real-time factor) with its draft-to-final disagreement per edge model."""
+        by_agent: dict[str, list[Disagreement]] = {}
+        for row in captions.disagreement():
+            by_agent.setdefault(row["agent_id"], []).append(row)
+        return [a | {"disagreement": by_agent.get(a["agent_id"], [])} for a in captions.agents(site=site)]
+
+    @app.get("/api/agents/{agent_id}", response_model=None)
+    def get_agent(agent_id: str) -> dict[str, Any] | JSONResponse:
+        """One agent: its latest status, its recent statuses (newest first), its disagreement."""
+        found = captions.agent(agent_id)
+        if found is None:
+            return JSONResponse({"detail": "no status from this agent"}, status_code=404)
+        return found | {"disagreement": captions.disagreement(agent_id=agent_id)}
+
     @app.get("/api/disagreement")
     def disagreement(
         agent_id: str | None = Query(None, description="Only this agent."),

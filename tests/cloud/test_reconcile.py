@@ -493,3 +493,43 @@ def test_the_draft_stands_when_the_cloud_result_fails_a_check(
     finally:
         running.close()
         reader.close()
+
+
+def test_the_fleet_keeps_each_device_s_newest_status_and_a_history(kafka: Tansu, settings: WorkerSettings) -> None:
+    """Statuses from edgecap.status (as the bridge forwards heartbeats and last wills): the newest by
+    the device's clock is the latest, whatever order they come in; all are in the history; the
+    dashboard's fleet routes show them."""
+    from fastapi.testclient import TestClient
+    from support import dashboard_user
+
+    from cloud.dashboard import create_app
+    from cloud.settings import DashboardSettings
+    from contracts import Status
+
+    store = Store("sqlite://")
+    now = time.time()
+    heartbeat = Status(agent_id=AGENT, online=True, at=now - 5, queue_depth=3, muted=True, site="lab")
+    will = Status(agent_id=AGENT, online=False, at=now, site="lab")  # its last will: offline
+    late = Status(agent_id=AGENT, online=True, at=now - 60, queue_depth=99, site="lab")  # an old one, late
+    produce(kafka, [(Kafka.STATUS, encode(s)) for s in (heartbeat, will, late)]
+            + [(Kafka.STATUS, b'{"schema": "edgecap.status.v1"}')])  # fmt: skip
+    running = Running(settings, store)
+    try:
+        running.wait_for("status", 2)
+        running.wait_for("status_older", 1)
+    finally:
+        running.close()
+    [latest] = store.agents()
+    assert (latest["agent_id"], latest["online"], latest["site"], latest["at"]) == (AGENT, False, "lab", will.at)
+    found = store.agent(AGENT)
+    assert found is not None and [h["at"] for h in found["history"]] == [will.at, heartbeat.at, late.at]
+    _, viewer = dashboard_user(store, "viewer")
+    client = TestClient(create_app(DashboardSettings(store_url="sqlite://"), store), headers=viewer)
+    assert [a["agent_id"] for a in client.get("/api/agents", params={"site": "lab"}).json()] == [AGENT]
+    assert client.get("/api/agents", params={"site": "elsewhere"}).json() == []
+    one = client.get(f"/api/agents/{AGENT}").json()
+    assert one["online"] is False and one["history"][1]["queue_depth"] == 3 and one["history"][1]["muted"] is True
+    assert client.get("/api/agents/nobody").status_code == 404
+    assert store.trim_status_history(now + 3600) == 3 and store.agent(AGENT)["history"] == []  # type: ignore[index]
+    assert len(store.agents()) == 1  # the latest stays
+

@@ -89,6 +89,8 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
             image = client.get(frame["image_url"])
             assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
             assert image.content[:2] == b"\xff\xd8"
+        # the fleet: the agent's status came through the bridge and the reconciler
+        assert AGENT_ID in [a["agent_id"] for a in client.get("/api/agents").json()]
         cats = client.get("/api/frames", params={"label": "cat"}).json()
         assert [f["seq"] for f in cats] == [sorted(listed, key=lambda f: f["seq"])[2]["seq"]]  # chelsea.png
     finally:
