@@ -133,6 +133,8 @@ class Reconciler(BatchWorker):
             log.debug("undecodable segment skipped (the transcriber dead-letters it): %s", exc)
             self.tally.add("bad_segment")
             return
+        if self.settings.audio_retention_s > 0 and self.store.store_audio(segment, self.settings.audio_dir):
+            self.tally.add("audio")  # kept for playback on the dashboard
         if segment.draft is not None:
             self._draft(Draft.of(segment))
 
@@ -176,8 +178,9 @@ class Reconciler(BatchWorker):
             self.tracking.tick()  # never raises
         try:
             self.store.trim_status_history(time.time() - self.settings.status_history_s)
+            self.store.purge_audio(time.time() - self.settings.audio_retention_s)
         except SQLAlchemyError:
-            log.exception("trimming the status history failed; the next tick tries again")
+            log.exception("trimming the status history or the audio failed; the next tick tries again")
         try:
             started = time.monotonic()
             finals: list[Final] = []

@@ -192,6 +192,12 @@ class WorkerSettings(ServiceSettings):
     mlflow_disagreement_every_s: float = Field(
         300.0, gt=0, le=86400, description="Reconciler: log each agent's draft-to-final disagreement this often."
     )
+    audio_dir: Path | None = Field(
+        None, description="Reconciler: keep segment audio in files here (shared with the dashboard); None: the store."
+    )
+    audio_retention_s: float = Field(
+        7 * 86400.0, ge=0, description="Reconciler: segment audio older than this is deleted (0: keep none)."
+    )
     status_history_s: float = Field(
         86400.0, gt=0, description="Reconciler: how long each device's past statuses are kept (the latest stays)."
     )

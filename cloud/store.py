@@ -59,6 +59,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.pool import StaticPool
 
+from cloud.audio_store import AudioRecords
 from cloud.captions import CaptionVersion, Disagreement, DraftRow, FinalRow, Reconciliation, SegmentRow
 from cloud.fleet_store import FleetRecords
 from cloud.frame_store import FrameRecords, FrameRow
@@ -151,10 +152,10 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-class Store(FrameRecords, FleetRecords):
+class Store(FrameRecords, FleetRecords, AudioRecords):
     """Segments, their edge drafts and final captions, and every caption version; frames and their
     detections (:class:`~cloud.frame_store.FrameRecords`); the fleet's statuses
-    (:class:`~cloud.fleet_store.FleetRecords`)."""
+    (:class:`~cloud.fleet_store.FleetRecords`); segment audio (:class:`~cloud.audio_store.AudioRecords`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         parsed = make_url(url)

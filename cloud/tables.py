@@ -128,6 +128,22 @@ frame_labels = Table(  # which classes a frame holds, for listing frames by clas
 )
 
 
+segment_audio = Table(  # what each segment sounded like, to play it back (audio_retention_s)
+    "segment_audio",
+    metadata,
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("codec", String(16), nullable=False),  # as the device sent it: opus, flac, pcm_s16le
+    Column("sample_rate", BigInteger, nullable=False),
+    Column("channels", BigInteger, nullable=False),
+    Column("data", LargeBinary),  # in the database, or
+    Column("path", Text),  # a file (audio_dir)
+    Column("bytes", BigInteger, nullable=False),
+    Column("stored_at", Float, nullable=False),
+    PrimaryKeyConstraint("agent_id", "segment_id", name="pk_segment_audio"),
+    Index("ix_segment_audio_stored_at", "stored_at"),
+)
+
 agent_status = Table(  # each device's latest status (its heartbeat, or its last will: offline)
     "agent_status",
     metadata,

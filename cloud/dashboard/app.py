@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -170,6 +171,15 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
             return JSONResponse({"detail": "no status from this agent"}, status_code=404)
         return found | {"disagreement": captions.disagreement(agent_id=agent_id)}
 
+    @app.get("/api/segments/{agent_id}/{segment_id}/audio", response_model=None)
+    def segment_audio(agent_id: str, segment_id: str, request: Request) -> Response:
+        """The segment's audio as the device sent it (Ogg Opus, FLAC; raw PCM as WAV), with byte
+        ranges (``Range: bytes=a-b``: 206) so a player can seek."""
+        found = captions.segment_audio((agent_id, segment_id))
+        if found is None:
+            return JSONResponse({"detail": "no audio kept for this segment"}, status_code=404)
+        return byte_range(request.headers.get("range"), found[1], found[0])
+
     @app.get("/api/disagreement")
     def disagreement(
         agent_id: str | None = Query(None, description="Only this agent."),
@@ -279,6 +289,26 @@ class _Cue:
         shown = row["final"] or row["draft"]
         text = shown["text"] if shown else ""
         return cls(row["segment_id"], row["started_at"], row["ended_at"], text)
+
+
+def byte_range(header: str | None, data: bytes, media_type: str) -> Response:
+    """``data`` whole (200), or the single byte range a ``Range`` header asks for (206), or 416."""
+    common = {"Accept-Ranges": "bytes", "Cache-Control": "private, max-age=3600"}
+    if not header:
+        return Response(data, media_type=media_type, headers=common)
+    match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+    size = len(data)
+    if match is None or match.groups() == ("", ""):
+        return Response(status_code=416, headers=common | {"Content-Range": f"bytes */{size}"})
+    first, last = match.groups()
+    if first == "":  # the last N bytes
+        start, end = max(0, size - int(last)), size - 1
+    else:
+        start, end = int(first), min(int(last), size - 1) if last else size - 1
+    if start >= size or start > end:
+        return Response(status_code=416, headers=common | {"Content-Range": f"bytes */{size}"})
+    return Response(data[start : end + 1], status_code=206, media_type=media_type,
+                    headers=common | {"Content-Range": f"bytes {start}-{end}/{size}"})  # fmt: skip
 
 
 def _frame_json(row: FrameRow) -> dict[str, Any]:
