@@ -32,15 +32,7 @@ from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
-from bridge.validation import (
-    UPLINK_CHANNELS,
-    Refused,
-    check_frame,
-    check_segment,
-    check_status,
-    readable_segment_id,
-    topic_route,
-)
+from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
 from contracts import Frame, Kafka, Reason, Rejection, Segment, Up, shared_filter
 from contracts.ids import is_agent_id
 
@@ -71,7 +63,7 @@ class _Refusal:
 
 
 class Uplink:
-    """The persistent, shared, manually acknowledged subscription to every agent's segments, frames and status."""
+    """The persistent, shared, manually acknowledged subscription to every agent's segments and frames."""
 
     def __init__(self, settings: BridgeSettings, delivery: Delivery, receipts: ReceiptBook, metrics: Metrics) -> None:
         self.settings = settings
@@ -85,7 +77,7 @@ class Uplink:
         self._unacked: deque[_Pending] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._last_seq: OrderedDict[str, int] = OrderedDict()  # highest seq seen per agent, recent agents
-        self._filters = [shared_filter(settings.shared_group, channel) for channel in UPLINK_CHANNELS]
+        self._filters = [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)]
         self.connection = MqttConnection(
             settings.mqtt,
             settings.client_id,
@@ -151,11 +143,6 @@ class Uplink:
         item: Segment | Frame
         try:
             agent_id, channel = topic_route(msg.topic)
-            if channel is Up.STATUS:
-                check_status(raw, agent_id, max_bytes=s.max_message_bytes)
-                self._forward(msg, [(Kafka.STATUS, agent_id, raw)], lambda: None, f"status of {agent_id}",
-                              _Refusal(msg.topic, agent_id, None, raw))  # fmt: skip
-                return
             if channel is Up.FRAMES:
                 item = check_frame(
                     raw, agent_id, max_bytes=s.max_message_bytes, max_side=s.max_frame_side,

@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 from agents_sim import bridge_service
 from confluent_kafka import Producer
@@ -38,7 +37,6 @@ from contracts import (
     Reason,
     Rejection,
     Segment,
-    Status,
     Transcript,
     Up,
     decode,
@@ -477,26 +475,3 @@ def test_detections_go_down_only_to_a_device_that_asked(mosquitto: Mosquitto, ka
         assert bridge.stats()["downlink_skipped"] >= 1
         assert [decode(d, Detections) for d in agent.detections] == [asked]
 
-
-@pytest.mark.integration
-def test_statuses_and_last_wills_go_to_kafka(mosquitto: Mosquitto, kafka: Tansu, agent: Agent) -> None:
-    """An agent's heartbeat and, when it vanishes, its last will reach edgecap.status; a status on
-    another agent's topic is dead-lettered; no receipt is sent for either."""
-    beat = Status(agent_id=agent.agent_id, online=True, at=time.time(), queue_depth=2, site="lab")
-    with Bridge(bridge_settings(mosquitto, kafka.bootstrap)) as bridge:
-        assert bridge.wait_ready(10)
-        agent.publish(encode(beat), mqtt_topic(agent.agent_id, Up.STATUS))
-        spoofed = Status(agent_id="someone-else", online=False, at=time.time())
-        agent.publish(encode(spoofed), mqtt_topic(agent.agent_id, Up.STATUS))
-        will = Status(agent_id=agent.agent_id, online=False, at=time.time() + 1)
-        ghost = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=unique("ghost"), protocol=mqtt.MQTTv5)
-        ghost.will_set(mqtt_topic(agent.agent_id, Up.STATUS), encode(will), qos=1, retain=True)
-        ghost.connect("127.0.0.1", mosquitto.port)
-        ghost.loop_start()
-        wait_until(ghost.is_connected, 10, "the ghost's connection")
-        ghost._sock.close()  # type: ignore[union-attr] # vanishes without DISCONNECT: the broker sends its will
-        records = read_keyed(kafka.bootstrap, Kafka.STATUS, agent.agent_id, 2, 30)
-        ghost.loop_stop()
-        assert [decode(r, Status) for r in records[:2]] == [beat, will]
-        wait_until(lambda: bridge.stats()["dead_lettered"].get("spoofed_agent", 0) >= 1, 10, "the dead letter")
-    assert agent.receipts == []

@@ -89,8 +89,6 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
             image = client.get(frame["image_url"])
             assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
             assert image.content[:2] == b"\xff\xd8"
-        # the fleet: the agent's status came through the bridge and the reconciler
-        assert AGENT_ID in [a["agent_id"] for a in client.get("/api/agents").json()]
         # each segment can be heard: its audio as the device sent it (Ogg Opus)
         for row in rows:
             audio = client.get(f"/api/segments/{AGENT_ID}/{row['segment_id']}/audio")
