@@ -4,7 +4,7 @@ OpenCV is imported only when frames are enabled (``pip install 'edgecap[camera]'
 """
 
 from edge_agent.frames.capture import MAX_JPEG_BYTES, FrameCapture, encode_jpeg, sent_size
-from edge_agent.frames.motion import Motion, MotionDetector, MotionTrigger
+from edge_agent.frames.motion import Motion, MotionDetector
 from edge_agent.frames.regions import to_regions
 from edge_agent.frames.sources import CameraReader, FolderReader, FrameReader, VideoReader, load_cv2, open_reader
 
@@ -16,7 +16,6 @@ __all__ = [
     "FrameReader",
     "Motion",
     "MotionDetector",
-    "MotionTrigger",
     "VideoReader",
     "encode_jpeg",
     "load_cv2",

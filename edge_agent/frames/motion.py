@@ -6,7 +6,6 @@ differs from a background that lags behind it, and an object that stops fades in
 within a few ``background_s`` instead of being reported forever. The changed pixels are dilated into
 blobs (OpenCV connected components); blobs with too few changed pixels are dropped, and the rest
 are returned as boxes in fractions of the frame (see :mod:`edge_agent.frames.regions`).
-:class:`MotionTrigger` is the older frame-to-frame yes/no, kept for the detection benchmark.
 """
 
 from __future__ import annotations
@@ -132,33 +131,3 @@ class MotionDetector:
             x1, y1 = math.ceil((x + w) * width), math.ceil((y + h) * height)
             keep[y0:y1, x0:x1] = False
         return keep
-
-
-class MotionTrigger:
-    """Says whether a frame differs enough from the previous one (a frame-level yes/no, no regions).
-
-    A pixel counts as changed when its grey level moved by more than ``pixel_delta`` (0-255); a
-    frame has motion when at least ``threshold`` of its pixels changed. The first frame has nothing
-    to compare with and counts as motion (it is the reference picture the cloud starts from).
-    """
-
-    def __init__(self, cv2: Any, threshold: float, *, pixel_delta: int = 25, width: int = SMALL_WIDTH) -> None:
-        self.cv2 = cv2
-        self.threshold = threshold
-        self.pixel_delta = pixel_delta
-        self.width = width
-        self._previous: np.ndarray | None = None
-        self.last_fraction: float | None = None
-
-    def changed_fraction(self, image: np.ndarray) -> float | None:
-        """The fraction of changed pixels against the previous frame (None for the first)."""
-        small = small_grey(self.cv2, image, self.width)
-        previous, self._previous = self._previous, small
-        if previous is None or previous.shape != small.shape:
-            return None
-        changed = self.cv2.absdiff(small, previous) > self.pixel_delta
-        return float(np.count_nonzero(changed)) / changed.size
-
-    def __call__(self, image: np.ndarray) -> bool:
-        self.last_fraction = self.changed_fraction(image)
-        return self.last_fraction is None or self.last_fraction >= self.threshold

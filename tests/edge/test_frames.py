@@ -18,7 +18,7 @@ from edge_agent.settings import FrameSettings
 cv2 = pytest.importorskip("cv2", reason="camera frames need the camera extra (opencv-python-headless)")
 
 from bridge.validation import Refused, check_frame, topic_route  # noqa: E402
-from edge_agent.frames import FolderReader, FrameCapture, MotionTrigger, VideoReader, encode_jpeg  # noqa: E402
+from edge_agent.frames import FolderReader, FrameCapture, VideoReader, encode_jpeg  # noqa: E402
 
 # positions of a moving square: frames 1, 2 and 4 repeat the one before (no motion)
 POSITIONS = [(40, 40), (40, 40), (40, 40), (150, 90), (150, 90), (230, 140)]
@@ -48,19 +48,6 @@ def settings(source: Path, **kw: object) -> FrameSettings:
 
 
 # --- pieces --------------------------------------------------------------------------------
-
-
-def test_motion_trigger_ignores_noise_and_sees_a_moving_square() -> None:
-    trigger = MotionTrigger(cv2, 0.01)
-    assert trigger(scene(40, 40, seed=1))  # the first frame is the reference picture
-    assert not trigger(scene(40, 40, seed=2))  # same scene, new sensor noise
-    assert trigger.last_fraction is not None and trigger.last_fraction < 0.001
-    assert trigger(scene(150, 90, seed=3))
-    assert trigger.last_fraction is not None and trigger.last_fraction > 0.05
-    assert MotionTrigger(cv2, 0.9)(scene(1, 1, 0))  # whatever the threshold, the first frame is kept
-    strict = MotionTrigger(cv2, 0.5)
-    strict(scene(40, 40, 4))
-    assert not strict(scene(150, 90, 5))  # a small square moving is under half the picture
 
 
 def test_encode_jpeg_scales_down_and_keeps_aspect() -> None:
