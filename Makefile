@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TORCH_PIN  := torch==2.13.0
 PACKAGES   := contracts runtime edge_agent bridge cloud modelbuild devtools edgecap
 
-.PHONY: setup system venv models test test-fast lint demo clean
+.PHONY: setup system venv models test test-fast lint demo screenshots vendor clean
 
 setup: system venv
 
@@ -57,6 +57,19 @@ lint: setup
 
 demo: models
 	$(BIN)/edgecap demo --models-dir "$(MODELS_DIR)" $(DEMO_ARGS)
+
+# the README's pictures of the dashboard: its browser tests, saving their screenshots here
+screenshots: models
+	EDGECAP_SCREENSHOTS=docs/screenshots $(BIN)/python -m pytest -q tests/cloud/test_dashboard_views.py
+
+# the dashboard's vendored scripts (cloud/dashboard/static/vendor, committed: no build step, nothing
+# fetched at run time), taken again from npm at the version vendor.json pins; the tests check its hash
+HTMX_VERSION := 2.0.11
+vendor:
+	tmp=$$(mktemp -d) && cd $$tmp && npm pack -q htmx.org@$(HTMX_VERSION) >/dev/null && tar xzf htmx.org-$(HTMX_VERSION).tgz && \
+	cp package/dist/htmx.min.js $(CURDIR)/cloud/dashboard/static/vendor/htmx.min.js && \
+	cp package/LICENSE $(CURDIR)/cloud/dashboard/static/vendor/htmx.LICENSE && rm -rf $$tmp
+	sha256sum cloud/dashboard/static/vendor/htmx.min.js
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache

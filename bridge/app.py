@@ -1,16 +1,20 @@
-"""The bridge's lifecycle: metrics → Kafka delivery → publisher → uplink → bridge loop → downlink.
+"""The bridge's lifecycle: metrics → Kafka delivery → publisher → plain producer → uplink → statuses →
+bridge loop → downlink.
 
 Threads: paho runs one network thread per MQTT connection (the uplink's calls
-:meth:`Uplink.on_message`); the bridge loop thread serves the Kafka delivery (callbacks: MQTT acks,
-receipt entries; retry rounds) and publishes due receipts; the downlink runs its own consumer thread
-and dead-letters bad finals through a producer of its own (not idempotent: it never has to be
-replaced, and the loop polls it).
+:meth:`Uplink.on_message`, the statuses' :meth:`StatusUplink.on_message`); the bridge loop thread
+serves the Kafka delivery (callbacks: MQTT acks, receipt entries; retry rounds) and publishes due
+receipts; the downlink runs its own consumer thread.
+A second, plain producer (not idempotent: it never has to be replaced; the loop polls it) carries
+what needs no ordered, retried delivery: agent statuses (:mod:`bridge.statuses`) and the downlink's
+dead letters of bad finals.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Self
 
 from confluent_kafka import Producer
@@ -22,6 +26,7 @@ from bridge.metrics import Metrics
 from bridge.mqtt import MqttConnection
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
+from bridge.statuses import StatusUplink
 from bridge.uplink import Uplink
 from contracts import Down, encode, mqtt_topic
 from runtime.kafka import producer_config
@@ -44,9 +49,10 @@ class Bridge:
         self.failure: str | None = None
         self._loop: threading.Thread | None = None
         self.delivery: Delivery | None = None
-        self.producer: Producer | None = None  # the downlink's dead letters
+        self.producer: Producer | None = None  # statuses and the downlink's dead letters
         self.publisher: MqttConnection | None = None
         self.uplink: Uplink | None = None
+        self.statuses: StatusUplink | None = None
         self.downlink: Downlink | None = None
 
     def start(self) -> Self:
@@ -72,17 +78,19 @@ class Bridge:
             reconnect_s=(s.reconnect_min_s, s.reconnect_max_s),
         )
         self.publisher.start()
+        self.producer = Producer(
+            s.kafka.config(
+                logger=logging.getLogger("bridge.kafka.plain"), acks="all",
+                **{"message.max.bytes": s.kafka_max_record_bytes},
+            )
+        )
         self.uplink = Uplink(s, self.delivery, self.receipts, self.metrics)
         self.uplink.start()
+        self.statuses = StatusUplink(s, self.producer, self.metrics)
+        self.statuses.start()
         self._loop = threading.Thread(target=self._run, name="bridge-loop", daemon=True)
         self._loop.start()
         if s.downlink:
-            self.producer = Producer(
-                s.kafka.config(
-                    logger=logging.getLogger("bridge.kafka.deadletters"), acks="all",
-                    **{"message.max.bytes": s.kafka_max_record_bytes},
-                )
-            )
             self.downlink = Downlink(s, self.publisher, self.producer, self.metrics, self._fail)
             self.downlink.start()
         log.info(
@@ -99,8 +107,12 @@ class Bridge:
         self.failed.set()
 
     def wait_ready(self, timeout_s: float) -> bool:
-        """Whether the uplink subscription was granted within ``timeout_s``."""
-        return self.uplink is not None and self.uplink.subscribed.wait(timeout_s)
+        """Whether the uplink's and the statuses' subscriptions were granted within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        return all(
+            part is not None and part.subscribed.wait(max(0.0, deadline - time.monotonic()))
+            for part in (self.uplink, self.statuses)
+        )
 
     def stop(self) -> None:
         """Stop taking messages, let Kafka confirm what is in flight, send the last receipts, close."""
@@ -108,6 +120,8 @@ class Bridge:
             self.downlink.stop()
         if self.uplink is not None:
             self.uplink.pause()
+        if self.statuses is not None:
+            self.statuses.pause()
         self._stop.set()
         if self._loop is not None:
             self._loop.join()
@@ -118,7 +132,7 @@ class Bridge:
         if self.uplink is not None:
             self.uplink.ack_confirmed()
         if self.producer is not None and self.producer.flush(_FLUSH_S / 5):
-            log.warning("dead letters of the downlink not confirmed by Kafka at shutdown")
+            log.warning("statuses or dead letters of the downlink not confirmed by Kafka at shutdown (lost)")
         for info in self._publish_receipts(everything=True):
             try:
                 info.wait_for_publish(_FLUSH_S / 5)
@@ -127,6 +141,8 @@ class Bridge:
                 break
         if self.uplink is not None:
             self.uplink.stop()
+        if self.statuses is not None:
+            self.statuses.stop()
         if self.publisher is not None:
             self.publisher.stop()
         self.metrics.close()

@@ -19,9 +19,16 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         p = _PREFIX
-        self.received = Counter(p + "received", "MQTT messages received from agents.", registry=r)
-        self.produced = Counter(p + "produced", "Records Kafka confirmed, by topic.", ["topic"], registry=r)
-        self.acknowledged = Counter(p + "acknowledged", "MQTT messages acknowledged (PUBACK).", registry=r)
+        self.received = Counter(
+            p + "received", "Segments and frames received from agents (statuses count apart).", registry=r
+        )
+        self.produced = Counter(
+            p + "produced", "Records of segments and frames (and their dead letters) Kafka confirmed, by topic.",
+            ["topic"], registry=r,
+        )  # fmt: skip
+        self.acknowledged = Counter(
+            p + "acknowledged", "Segments and frames acknowledged (PUBACK) once Kafka had them.", registry=r
+        )
         self.receipts = Counter(p + "receipts", "Receipts published to agents.", registry=r)
         self.receipt_ids = Counter(p + "receipt_ids", "Segment ids listed in receipts.", ["kind"], registry=r)
         self.duplicates = Counter(p + "duplicates", "Segments seen again within the window.", registry=r)
@@ -75,6 +82,26 @@ class Metrics:
         self.downlink_skipped = Counter(
             p + "downlink_skipped", "Detections passed over: their device did not ask for them.", registry=r
         )
+        # statuses (heartbeats and last wills) take a path of their own (bridge.statuses): none of the
+        # counters above counts them, so that a fleet's heartbeats never blur the segments' numbers
+        self.statuses_received = Counter(
+            p + "statuses_received", "Agent statuses (heartbeats and last wills) received.", registry=r
+        )
+        self.statuses_forwarded = Counter(
+            p + "statuses_forwarded", "Statuses Kafka confirmed on edgecap.status.", registry=r
+        )
+        self.statuses_refused = Counter(
+            p + "statuses_refused", "Statuses refused (dead-lettered, never receipted), by reason.", ["reason"],
+            registry=r,
+        )  # fmt: skip
+        self.statuses_connected = Gauge(
+            p + "statuses_mqtt_connected", "1 while the subscription to the agents' statuses is up.", registry=r
+        )
+        self.statuses_lost = Counter(
+            p + "statuses_lost",
+            "Statuses (or their dead letters) Kafka did not take; never retried: the next heartbeat replaces one.",
+            registry=r,
+        )
         self.config_published = Counter(p + "config_published", "Configurations published to agents.", registry=r)
         self.config_failures = Counter(
             p + "config_failures", "Configurations whose publish failed (each is published again).", registry=r
@@ -112,6 +139,6 @@ class Metrics:
                     out.setdefault(name, {})[label] = sample.value
                 else:
                     out[name] = sample.value
-        for labelled in ("produced", "dead_lettered", "reconnects", "receipt_ids", "kafka_refused"):
+        for labelled in ("produced", "dead_lettered", "reconnects", "receipt_ids", "kafka_refused", "statuses_refused"):
             out.setdefault(labelled, {})
         return out

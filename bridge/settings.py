@@ -48,6 +48,12 @@ class BridgeSettings(ServiceSettings):
     max_frame_bytes: int = Field(
         3 * 1024 * 1024, ge=1024, description="Largest accepted JPEG in a frame, in bytes (before base64)."
     )
+    max_status_bytes: int = Field(
+        4096,
+        ge=1024,
+        le=16_000,  # with its key and framing, a status record always fits the smallest kafka_max_record_bytes
+        description="Largest accepted agent status (heartbeat or last will), in bytes; a larger one is refused.",
+    )
     max_in_flight: int = Field(
         500, ge=1, le=65535, description="Messages produced to Kafka but not yet confirmed, at most."
     )

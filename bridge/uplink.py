@@ -1,4 +1,5 @@
-"""Agent segments and frames from MQTT into Kafka, acknowledged only once Kafka has them.
+"""Agent segments and frames from MQTT into Kafka, acknowledged only once Kafka has them (agent
+statuses have a subscription of their own: :mod:`bridge.statuses`).
 
 Threads:
 - paho's network thread of the uplink connection runs :meth:`Uplink.on_message`: it validates,

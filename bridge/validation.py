@@ -1,11 +1,11 @@
-"""What makes an uploaded segment acceptable, and what can still be read from one that is not."""
+"""What makes an uploaded segment, frame or status acceptable, and what can still be read from one that is not."""
 
 from __future__ import annotations
 
 import json
 import re
 
-from contracts import DecodeError, Frame, Reason, Segment, decode, parse_mqtt_topic
+from contracts import DecodeError, Frame, Reason, Segment, Status, decode, parse_mqtt_topic
 from contracts.ids import is_segment_id
 from contracts.topics import Up
 
@@ -16,13 +16,13 @@ class Refused(DecodeError):
     dead letter and the agent's receipt say."""
 
 
-UPLINK_CHANNELS = (Up.SEGMENTS, Up.FRAMES)
+UPLINK_CHANNELS = (Up.SEGMENTS, Up.FRAMES, Up.STATUS)
 _UPLINK = {c.value: c for c in UPLINK_CHANNELS}
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 def topic_route(topic: str) -> tuple[str, Up]:
-    """The agent id and channel of an uplink segments or frames topic; :class:`Refused` for any other."""
+    """The agent id and channel of an uplink topic (segments, frames, status); :class:`Refused` for any other."""
     try:
         agent_id, channel = parse_mqtt_topic(topic)
     except ValueError as exc:
@@ -53,6 +53,18 @@ def check_segment(raw: bytes, agent_id: str, *, max_bytes: int, sample_rates: li
     if segment.audio.duration_s > max_audio_s:
         raise Refused(Reason.BAD_AUDIO, f"audio lasts {segment.audio.duration_s:.2f} s, more than {max_audio_s:g} s")
     return segment
+
+
+def check_status(raw: bytes, agent_id: str, *, max_bytes: int) -> Status:
+    """Decode and check one agent status (a heartbeat or its last will) sent on ``agent_id``'s topic,
+    or raise :class:`Refused`."""
+    try:
+        status = decode(raw, Status, max_bytes=max_bytes)
+    except DecodeError as exc:
+        raise Refused(exc.reason, exc.detail) from exc
+    if status.agent_id != agent_id:
+        raise Refused(Reason.SPOOFED_AGENT, f"status of {status.agent_id!r} sent on the topic of {agent_id!r}")
+    return status
 
 
 def check_frame(raw: bytes, agent_id: str, *, max_bytes: int, max_side: int, max_image_bytes: int) -> Frame:

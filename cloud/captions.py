@@ -32,6 +32,7 @@ class SegmentRow(TypedDict):
 
     segment_id: str
     agent_id: str
+    site: str | None  # the device's site, from its latest status (None: no status seen)
     seq: int
     started_at: float
     ended_at: float

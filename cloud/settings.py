@@ -230,7 +230,9 @@ class DashboardSettings(ServiceSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8000, ge=0, le=65535, description="Port to listen on (0: any free port).")
     kafka: KafkaSettings | None = Field(
-        None, description="Kafka, for images uploaded to POST /api/frames (None: uploads are refused)."
+        None,
+        description="Kafka, for images uploaded to POST /api/frames and configurations sent to agents "
+        "(POST /api/agents/{agent_id}/config); None: both are refused.",
     )
     events_poll_s: float = Field(
         0.25, gt=0, le=10, description="How often each live feed (GET /api/events) reads the store for changes."
@@ -247,3 +249,43 @@ class DashboardSettings(ServiceSettings):
     max_upload_bytes: int = Field(
         3 * 1024 * 1024, ge=1, le=3 * 1024 * 1024, description="Largest uploaded image (a frame's JPEG limit)."
     )
+    max_job_bytes: int = Field(
+        50 * 1024 * 1024,
+        ge=1,
+        le=1024 * 1024 * 1024,
+        description="Largest audio file uploaded as a job (POST /api/jobs): larger ones are refused (413).",
+    )
+    max_job_s: float = Field(
+        1800.0,
+        gt=0,
+        le=6 * 3600,
+        description="Longest audio file uploaded as a job, in seconds: longer ones are refused (413). It is decoded "
+        "whole in memory (16 kHz mono float32: 3.7 MB a minute) and cut and encoded while the request waits "
+        "(30 min of speech: about a minute of CPU, spread over up to 4 cores).",
+    )
+    metrics_targets: dict[str, str] = Field(
+        default_factory=dict,
+        description="The services GET /api/system shows: name → URL of its Prometheus /metrics, e.g. "
+        '{"bridge": "http://bridge:9108/metrics", "transcribe": "http://transcribe:9100/metrics"} '
+        "(EDGECAP_DASHBOARD_METRICS_TARGETS as JSON).",
+    )
+    metrics_timeout_s: float = Field(
+        2.0, gt=0, le=30, description="How long GET /api/system waits for each target's /metrics."
+    )
+    system_cache_s: float = Field(
+        2.0, ge=0, le=60, description="GET /api/system reuses its last scrape this long (many browsers, one scrape)."
+    )
+
+    @field_validator("metrics_targets")
+    @classmethod
+    def _http_targets(cls, targets: dict[str, str]) -> dict[str, str]:
+        """Each target an http(s) URL with a host, under a name made of letters, digits, ``.``, ``_``, ``-``."""
+        from urllib.parse import urlsplit
+
+        for name, url in targets.items():
+            if not name or len(name) > 64 or not all(ch.isalnum() or ch in "._-" for ch in name):
+                raise ValueError(f"metrics target name {name!r}: 1-64 letters, digits, '.', '_' or '-'")
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"metrics target {name}: {url!r} is not an http(s) URL")
+        return targets

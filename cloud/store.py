@@ -63,9 +63,20 @@ from cloud.audio_store import AudioRecords
 from cloud.captions import CaptionVersion, Disagreement, DraftRow, FinalRow, Reconciliation, SegmentRow
 from cloud.fleet_store import FleetRecords
 from cloud.frame_store import FrameRecords, FrameRow
+from cloud.job_store import JobRecords
 from cloud.provenance import provenance
 from cloud.rule import DRAFT_VERSION, FINAL_VERSION, UPGRADE_VERSION, Rule, deadline_final
-from cloud.tables import SegmentKey, by_key, by_keys, caption_versions, metadata, segment_attempts, segments
+from cloud.search import SearchRecords, segment_view
+from cloud.tables import (
+    SegmentKey,
+    agent_status,
+    by_key,
+    by_keys,
+    caption_versions,
+    metadata,
+    segment_attempts,
+    segments,
+)
 from contracts import CloudTranscript, Draft, Final, Transcript, decode, encode
 
 log = logging.getLogger(__name__)
@@ -152,10 +163,11 @@ def _sqlite_setup(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-class Store(FrameRecords, FleetRecords, AudioRecords):
+class Store(SearchRecords, FrameRecords, FleetRecords, AudioRecords, JobRecords):
     """Segments, their edge drafts and final captions, and every caption version; frames and their
     detections (:class:`~cloud.frame_store.FrameRecords`); the fleet's statuses
-    (:class:`~cloud.fleet_store.FleetRecords`); segment audio (:class:`~cloud.audio_store.AudioRecords`)."""
+    (:class:`~cloud.fleet_store.FleetRecords`); segment audio (:class:`~cloud.audio_store.AudioRecords`);
+    uploaded files as jobs (:class:`~cloud.job_store.JobRecords`)."""
 
     def __init__(self, url: str, *, create: bool = True) -> None:
         parsed = make_url(url)
@@ -459,35 +471,26 @@ class Store(FrameRecords, FleetRecords, AudioRecords):
         self, limit: int = 200, agent_id: str | None = None, since: float | None = None, until: float | None = None
     ) -> list[SegmentRow]:
         """The newest segments first (by capture time, then sequence number), captured in [since, until)."""
-        query = select(segments).order_by(
-            segments.c.started_at.desc(), segments.c.seq.desc(), segments.c.agent_id, segments.c.segment_id.desc()
-        )
-        if agent_id is not None:
-            query = query.where(segments.c.agent_id == agent_id)
-        if since is not None:
-            query = query.where(segments.c.started_at >= since)
-        if until is not None:
-            query = query.where(segments.c.started_at < until)
-        with self._reader.connect() as conn:
-            rows = conn.execute(query.limit(max(0, limit))).all()
-        return [_view(row._mapping) for row in rows]
+        return self.search_segments(agent_id=agent_id, since=since, until=until, limit=limit).rows
 
     def changed_since(
-        self, since: float, agent_id: str | None = None, limit: int = 500
+        self, since: float, agent_id: str | None = None, limit: int = 500, site: str | None = None
     ) -> list[tuple[float, SegmentRow]]:
         """Segments written after ``since`` (their ``updated_at``, the writer's clock), oldest change
         first, each with its change time: the dashboard's live feed reads this again and again."""
-        query = select(segments).where(segments.c.updated_at > since).order_by(segments.c.updated_at).limit(limit)
+        query = self._segments_query().where(segments.c.updated_at > since).order_by(segments.c.updated_at).limit(limit)
         if agent_id is not None:
             query = query.where(segments.c.agent_id == agent_id)
+        if site is not None:
+            query = query.where(agent_status.c.site == site)
         with self._reader.connect() as conn:
             rows = conn.execute(query).all()
-        return [(float(row.updated_at), _view(row._mapping)) for row in rows]
+        return [(float(row.updated_at), segment_view(row._mapping)) for row in rows]
 
     def get(self, key: SegmentKey) -> SegmentRow | None:
         with self._reader.connect() as conn:
-            row = conn.execute(select(segments).where(by_key(segments, key))).first()
-        return _view(row._mapping) if row is not None else None
+            row = conn.execute(self._segments_query().where(by_key(segments, key))).first()
+        return segment_view(row._mapping) if row is not None else None
 
     def versions(self, key: SegmentKey) -> list[CaptionVersion]:
         """Every stored caption version of a segment, oldest version first."""
@@ -586,32 +589,6 @@ class Store(FrameRecords, FleetRecords, AudioRecords):
         with self._reader.connect() as conn:
             total, drafts, finals = conn.execute(query).one()
         return {"segments": int(total), "drafts": int(drafts), "finals": int(finals)}
-
-
-def _view(row: Any) -> SegmentRow:
-    draft: DraftRow | None = None
-    if row["draft_produced_at"] is not None:
-        draft = DraftRow(text=row["draft_text"], model_id=row["draft_model_id"], produced_at=row["draft_produced_at"])
-    final: FinalRow | None = None
-    if row["final_version"] is not None:
-        final = FinalRow(
-            text=row["final_text"],
-            model_id=row["final_model_id"],
-            source=row["final_source"],
-            version=row["final_version"],
-            produced_at=row["final_produced_at"],
-            stored_at=row["final_stored_at"],
-            reason=row["final_reason"],
-        )
-    return SegmentRow(
-        segment_id=row["segment_id"],
-        agent_id=row["agent_id"],
-        seq=row["seq"],
-        started_at=row["started_at"],
-        ended_at=row["ended_at"],
-        draft=draft,
-        final=final,
-    )
 
 
 def _json(value: Any) -> str:

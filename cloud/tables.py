@@ -30,6 +30,10 @@ metadata = MetaData()
 
 AGENT_ID_CHARS = 64  # contracts.ids.AGENT_ID_PATTERN
 SEGMENT_ID_CHARS = 128  # contracts.ids.SEGMENT_ID_PATTERN
+SEARCH_DOCUMENT = "to_tsvector('simple', coalesce(final_text, '') || ' ' || coalesce(draft_text, ''))"
+"""A segment's searched words (:mod:`cloud.search`); PostgreSQL's index of them (migration 0010) is
+on this very expression, which a query must repeat for the index to serve it. The index is made by the
+migration only: SQLAlchemy's metadata cannot describe it for both databases, nor Alembic compare it."""
 # the key of every row: which device, which of its segments
 SegmentKey = tuple[str, str]  # (agent_id, segment_id)
 
@@ -204,6 +208,39 @@ dashboard_tokens = Table(  # API tokens for scripts
     Column("last_used_at", Float),
     PrimaryKeyConstraint("token_hash", name="pk_dashboard_tokens"),
     Index("ix_dashboard_tokens_token_id", "token_id", unique=True),
+)
+
+
+JOB_NAME_CHARS = 255  # an uploaded file's name, as given
+
+jobs = Table(  # files uploaded to the dashboard (POST /api/jobs), each cut into segments of its uploader
+    "jobs",
+    metadata,
+    Column("job_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),  # the uploader: its segments' agent
+    Column("name", String(JOB_NAME_CHARS), nullable=False),  # the file's name as given ("" if none)
+    Column("kind", String(16), nullable=False),  # "audio"
+    Column("format", String(64), nullable=False),  # the file's container and codec, e.g. "MP3 MPEG_LAYER_III"
+    Column("bytes", BigInteger, nullable=False),
+    Column("created_by", String(USERNAME_CHARS), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("origin_at", Float, nullable=False),  # capture time given to the file's first sample
+    Column("duration_s", Float, nullable=False),
+    Column("segment_count", BigInteger, nullable=False),
+    PrimaryKeyConstraint("job_id", name="pk_jobs"),
+    Index("ix_jobs_created_at", "created_at"),
+)
+
+job_segments = Table(  # the segments a job was cut into, in the file's order
+    "job_segments",
+    metadata,
+    Column("job_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("position", BigInteger, nullable=False),  # 0, 1, ... in the file
+    Column("agent_id", String(AGENT_ID_CHARS), nullable=False),
+    Column("segment_id", String(SEGMENT_ID_CHARS), nullable=False),
+    Column("offset_s", Float, nullable=False),  # where the segment starts in the file
+    Column("duration_s", Float, nullable=False),
+    PrimaryKeyConstraint("job_id", "position", name="pk_job_segments"),
 )
 
 

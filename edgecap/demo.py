@@ -31,7 +31,7 @@ from typing import Any
 
 from cloud.settings import CLOUD_MODEL
 from devtools import SAMPLES_DIR as SAMPLES
-from devtools.brokers import Mosquitto, Tansu, wait_for_port
+from devtools.brokers import Mosquitto, Tansu, free_port, wait_for_port
 from runtime.logs import configure
 from runtime.settings import models_dir
 
@@ -94,28 +94,39 @@ class Demo:
         self.mosquitto = Mosquitto(workdir=self.workdir / "mosquitto").start()
         self.kafka = Tansu(workdir=self.workdir / "tansu").start()
         kafka = self.kafka.bootstrap
+        metrics: dict[str, int] = {}  # service → its /metrics port, for the dashboard's GET /api/system
+        metrics["bridge"] = free_port()
         self._spawn("bridge", ["-m", "bridge"], {
             "EDGECAP_BRIDGE_MQTT__PORT": str(self.mosquitto.port),
             "EDGECAP_BRIDGE_KAFKA__BOOTSTRAP_SERVERS": kafka,
+            "EDGECAP_BRIDGE_METRICS_PORT": str(metrics["bridge"]),
+            "EDGECAP_BRIDGE_METRICS_HOST": "127.0.0.1",
         })
         worker_env = {
             "EDGECAP_WORKER_KAFKA__BOOTSTRAP_SERVERS": kafka,
             "EDGECAP_WORKER_STORE_URL": self.store_url,
             "EDGECAP_WORKER_MODEL_DIR": str(cloud_model),  # the ctranslate2 engine loads its ct2/
         }
-        self._spawn("transcribe", ["-m", "cloud", "transcribe"], worker_env)
-        self._spawn("reconcile", ["-m", "cloud", "reconcile"], worker_env)
+        for worker in ("transcribe", "reconcile"):
+            metrics[worker] = free_port()
+            port = {"EDGECAP_WORKER_METRICS_PORT": str(metrics[worker])}
+            self._spawn(worker, ["-m", "cloud", worker], worker_env | port)
         detector = Path(self.args.models_dir).expanduser() / "yolov3-tiny"
         if self.frames is not None:
+            metrics["detect"] = free_port()
             self._spawn("detect", ["-m", "cloud", "detect"], worker_env | {
                 "EDGECAP_WORKER_DETECT__MODEL_DIR": str(detector),
+                "EDGECAP_WORKER_METRICS_PORT": str(metrics["detect"]),
             })
         password = self._dashboard_account()
         self._spawn("dashboard", ["-m", "cloud.dashboard"], {
             "EDGECAP_DASHBOARD_STORE_URL": self.store_url,
             "EDGECAP_DASHBOARD_HOST": "127.0.0.1",
             "EDGECAP_DASHBOARD_PORT": str(self.args.port),
-            "EDGECAP_DASHBOARD_KAFKA__BOOTSTRAP_SERVERS": kafka,  # uploads
+            "EDGECAP_DASHBOARD_KAFKA__BOOTSTRAP_SERVERS": kafka,  # uploads, configurations sent to agents
+            "EDGECAP_DASHBOARD_METRICS_TARGETS": json.dumps(
+                {name: f"http://127.0.0.1:{port}/metrics" for name, port in metrics.items()}
+            ),
         })
         wait_for_port(self.args.port, 60, self.services[-1].proc)
         sys.stderr.write(f"edgecap demo: dashboard at http://127.0.0.1:{self.args.port}, log in as admin with "

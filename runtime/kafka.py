@@ -54,7 +54,17 @@ CONSUMER_LAG = Gauge(
     "Records of an assigned partition a Kafka worker has not yet taken in hand: the partition's high "
     "watermark (as of the consumer's last fetch) minus the consumer's position; refreshed between "
     "batches, at most every few seconds.",
-    ["worker", "topic", "partition"],
+    ["worker", "group", "topic", "partition"],
+)
+CONSUMED = Counter(
+    "edgecap_worker_consumed_total",
+    "Kafka records a worker is done with (its batch handled and the offsets stored), by worker and topic.",
+    ["worker", "topic"],
+)
+PRODUCED = Counter(
+    "edgecap_worker_produced_total",
+    "Records a worker produced that Kafka confirmed (dead letters included), by worker and topic.",
+    ["worker", "topic"],
 )
 
 
@@ -148,11 +158,13 @@ def produce(
 
 
 class Publisher:
-    """An idempotent producer whose :meth:`deliver` says whether everything sent was delivered."""
+    """An idempotent producer whose :meth:`deliver` says whether everything sent was delivered.
+    With a ``worker`` name, confirmed records count in ``edgecap_worker_produced_total``."""
 
-    def __init__(self, kafka: KafkaSettings) -> None:
+    def __init__(self, kafka: KafkaSettings, worker: str | None = None) -> None:
         self._producer = Producer(producer_config(kafka, **{"linger.ms": 5}))
         self._failed = 0
+        self._worker = worker
 
     def send(self, topic: str, key: str | None, value: bytes) -> None:
         produce(self._producer, topic, value, key.encode("utf-8") if key else None, self._on_delivery)
@@ -162,6 +174,8 @@ class Publisher:
         if err is not None:
             self._failed += 1
             log.error("delivery to %s failed: %s", msg.topic(), err)
+        elif self._worker is not None:
+            PRODUCED.labels(self._worker, msg.topic() or "").inc()
 
     def deliver(self, timeout_s: float = 30.0) -> bool:
         """Wait for every record sent so far; False if any failed or is still undelivered."""
@@ -301,8 +315,9 @@ class ConsumerLag:
     Refreshed at most every ``interval_s`` and only between batches, so during a long batch it
     shows the lag as the batch began. A failure is logged, never raised: lag is only a metric."""
 
-    def __init__(self, worker: str, consumer: Consumer, interval_s: float) -> None:
+    def __init__(self, worker: str, group: str, consumer: Consumer, interval_s: float) -> None:
         self.worker = worker
+        self.group = group
         self.consumer = consumer
         self.interval_s = interval_s
         self._next = 0.0
@@ -334,7 +349,7 @@ class ConsumerLag:
                 continue  # nothing fetched from it yet
             start = position if position >= 0 else max(low, 0)
             labels = (topic, str(partition))
-            CONSUMER_LAG.labels(self.worker, *labels).set(max(0, high - start))
+            CONSUMER_LAG.labels(self.worker, self.group, *labels).set(max(0, high - start))
             shown.add(labels)
         self._remove(self._shown - shown)
         self._shown = shown
@@ -347,7 +362,7 @@ class ConsumerLag:
     def _remove(self, series: set[tuple[str, str]]) -> None:
         for labels in series:
             try:
-                CONSUMER_LAG.remove(self.worker, *labels)
+                CONSUMER_LAG.remove(self.worker, self.group, *labels)
             except KeyError:  # already gone (another instance of the same worker in this process)
                 pass
 
@@ -401,7 +416,9 @@ class BatchWorker(ABC):
     commits them. A worker that crashes before storing a batch's offsets leaves that batch to be
     redone by the group: outputs are at least once, and consumers downstream tolerate duplicates.
     Between batches the loop refreshes ``edgecap_worker_consumer_lag`` (:class:`ConsumerLag`, at most
-    every ``lag_interval_s``).
+    every ``lag_interval_s``). Records in and out show in ``edgecap_worker_consumed_total`` (a batch
+    done) and ``edgecap_worker_produced_total`` (an output Kafka confirmed), the dashboard's
+    throughput (``GET /api/system``).
 
     Work that no record brings (the reconciler's deadline finals) goes in :meth:`tick`: with
     ``tick_interval_s`` set, the loop calls it between batches, in its own thread (never while a
@@ -444,9 +461,9 @@ class BatchWorker(ABC):
     def run(self, stop: threading.Event) -> None:
         """Consume and handle batches until ``stop`` is set (see the class docstring)."""
         ensure_topics(self.kafka, dict.fromkeys([*self.inputs, *self.outputs]), self.topic_partitions)
-        publisher = Publisher(self.kafka)
+        publisher = Publisher(self.kafka, worker=self.name)
         consumer = open_consumer(self.kafka, self.group, list(self.inputs), self.session_timeout_ms)
-        lag = ConsumerLag(self.name, consumer, self.lag_interval_s)
+        lag = ConsumerLag(self.name, self.group, consumer, self.lag_interval_s)
         healthy = HEALTHY.labels(self.name)
         healthy.set(1)
         pause = self.retry_pause_s
@@ -462,6 +479,8 @@ class BatchWorker(ABC):
                     continue
                 if self._handle_guarded(batch, publisher):
                     store_offsets(consumer, batch)
+                    for topic, n in Counts(msg.topic() or "" for msg in batch).items():
+                        CONSUMED.labels(self.name, topic).inc(n)
                     healthy.set(1)
                     pause = self.retry_pause_s
                 else:

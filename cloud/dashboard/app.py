@@ -17,13 +17,19 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware.gzip import GZipMiddleware
 
 from cloud.captions import CaptionVersion, Disagreement
 from cloud.dashboard.access import Caller, Door, admin, caller_of
 from cloud.dashboard.accounts import Accounts
+from cloud.dashboard.fleet import fleet_router
+from cloud.dashboard.jobs import jobs_router
 from cloud.dashboard.live import PING_S, parse_cursor, segment_events
+from cloud.dashboard.pages import pages
+from cloud.dashboard.system import system_router
 from cloud.dashboard.uploads import UploadRefused, Uploads
 from cloud.frame_store import FrameRow
+from cloud.search import BadCursor, State
 from cloud.settings import DashboardSettings
 from cloud.store import SegmentRow, Store
 from contracts.subtitles import one_line, srt_document, vtt_document
@@ -31,7 +37,8 @@ from contracts.subtitles import one_line, srt_document, vtt_document
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-ASSETS = frozenset({"app.js", "style.css"})
+ASSETS = frozenset(str(p.relative_to(STATIC)) for p in STATIC.rglob("*") if p.suffix in (".js", ".css"))
+"""Every file the pages may load: the project's own and the vendored ones (``static/vendor``)."""
 
 
 class SegmentDetail(SegmentRow):
@@ -58,6 +65,9 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     app = FastAPI(title="edgecap dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(door.guard)])  # fmt: skip
     app.state.door = door
+    # pages, scripts and JSON compressed (htmx: 52 KB → 16 KB); Starlette never compresses the live
+    # feed (text/event-stream), whose events must reach the browser as they are written
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
 
     @app.exception_handler(HTTPException)
     async def refused(request: Request, exc: HTTPException) -> Response:
@@ -101,24 +111,42 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     def openapi() -> dict[str, Any]:
         return app.openapi()
 
-    @app.get("/api/segments")
+    @app.get("/api/segments", response_model=None)
     def list_segments(
-        limit: int = Query(200, ge=1, le=5000, description="Most segments returned."),
+        response: Response,
+        q: str | None = Query(None, max_length=500, description="Words of the final or the draft (PostgreSQL: "
+                              "quoted phrases, or, -word)."),  # fmt: skip
+        site: str | None = Query(None, description="Only segments of this site's agents."),
         agent_id: str | None = Query(None, description="Only this agent's segments."),
-    ) -> list[SegmentRow]:
-        """Segments with their draft and final caption, newest first."""
-        return captions.list_segments(limit=limit, agent_id=agent_id)
+        start: float | None = Query(None, alias="from", description="Captured at or after this Unix time."),
+        since: float | None = Query(None, description="The same as from."),
+        to: float | None = Query(None, description="Captured before this Unix time."),
+        state: State | None = Query(None, description="draft (no final yet), final, cloud or edge (whose text won)."),  # noqa: B008
+        cursor: str | None = Query(None, description="Where the previous page ended (its X-Next-Cursor header)."),
+        limit: int = Query(200, ge=1, le=5000, description="Most segments returned."),
+    ) -> list[SegmentRow] | JSONResponse:
+        """Segments with their draft and final caption, newest first, filtered; the next page's cursor
+        comes in the ``X-Next-Cursor`` header (absent on the last page)."""
+        try:
+            page = captions.search_segments(q=q, site=site, agent_id=agent_id, since=start if start is not None
+                                            else since, until=to, state=state, cursor=cursor, limit=limit)  # fmt: skip
+        except BadCursor as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=422)
+        if page.next_cursor:
+            response.headers["X-Next-Cursor"] = page.next_cursor
+        return page.rows
 
     @app.get("/api/events", response_model=None)
     def events(
         request: Request,
         agent_id: str | None = Query(None, description="Only this agent's segments."),
+        site: str | None = Query(None, description="Only segments of this site's agents."),
         since: float | None = Query(None, description="Start after this change time (default: now)."),
     ) -> EventSourceResponse:
         """Server-sent events: one ``segment`` event per new state of a segment (its draft, its
         final), resumable (``Last-Event-ID``); see :mod:`cloud.dashboard.live`."""
         cursor = parse_cursor(request.headers.get("last-event-id"), since)
-        stream = segment_events(request, captions, cursor, agent_id, settings.events_poll_s)
+        stream = segment_events(request, captions, cursor, agent_id, settings.events_poll_s, site)
         return EventSourceResponse(stream, ping=PING_S, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/segments/{agent_id}/{segment_id}", response_model=None)
@@ -250,6 +278,15 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         """How many segments, drafts and finals are stored."""
         return captions.counts()
 
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        """The dashboard's own Prometheus metrics (uploads, jobs, configurations sent, scrapes),
+        behind the login like every route: Prometheus scrapes it with an API token
+        (``authorization: {credentials: edc_…}``)."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/healthz", response_model=None)
     def healthz() -> dict[str, str] | JSONResponse:
         """ok when the store answers."""
@@ -260,18 +297,17 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
             return JSONResponse({"status": "store unavailable"}, status_code=503)
         return {"status": "ok"}
 
-    @app.get("/", include_in_schema=False)
-    def index() -> FileResponse:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    @app.get("/static/{name}", include_in_schema=False)
+    @app.get("/static/{name:path}", include_in_schema=False)
     def static(name: str) -> Response:
-        """The page's own scripts and styles (behind the login too: a mount would skip the guard)."""
-        path = STATIC / name
-        if name not in ASSETS or not path.is_file():
+        """The pages' scripts and styles (behind the login too: a mount would skip the guard)."""
+        if name not in ASSETS:
             return JSONResponse({"detail": "no such file"}, status_code=404)
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return FileResponse(STATIC / name, headers={"Cache-Control": "no-cache"})
 
+    app.include_router(system_router(settings))
+    app.include_router(fleet_router(settings))
+    app.include_router(jobs_router(settings, captions))
+    app.include_router(pages(captions))
     return app
 
 

@@ -49,13 +49,13 @@ def parse_cursor(last_event_id: str | None, since: float | None) -> float:
 
 
 async def segment_events(
-    request: Request, store: Store, cursor: float, agent_id: str | None, poll_s: float
+    request: Request, store: Store, cursor: float, agent_id: str | None, poll_s: float, site: str | None = None
 ) -> AsyncIterator[dict[str, Any]]:
     """The events of one stream, until the client goes away."""
     sent: dict[tuple[str, str], tuple[int, float]] = {}  # key -> (caption version, change time) sent
     start = cursor - LOOKBACK_S
     while not await request.is_disconnected():
-        changes = await run_in_threadpool(store.changed_since, start, agent_id, PAGE)
+        changes = await run_in_threadpool(store.changed_since, start, agent_id, PAGE, site)
         for changed_at, row in changes:
             key = (row["agent_id"], row["segment_id"])
             version = _version(row)

@@ -10,7 +10,8 @@ newer than the last one it applied. The version defaults to the time in microsec
 across operators and restarts; ``--version`` sets it. Kafka comes from ``EDGECAP_CONFIG_KAFKA__…``
 variables (``BOOTSTRAP_SERVERS``, ``EXTRA`` for TLS/SASL), a secrets directory (``--secrets-dir``)
 or a TOML file (``--config``), like every service's settings; ``--kafka`` overrides the servers and
-``--check-config`` shows the settings without sending anything.
+``--check-config`` shows the settings without sending anything. Building and sending a configuration
+live in :mod:`cloud.agent_config`, shared with the dashboard (``POST /api/agents/{agent_id}/config``).
 """
 
 from __future__ import annotations
@@ -18,24 +19,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from contracts import AgentConfig, Kafka, encode
-from runtime.kafka import producer_config
+from cloud.agent_config import LOG_LEVELS, ConfigNotSent, ConfigRefused, new_config, send_config
+from contracts import encode
 from runtime.service import add_common_options, prepare
 from runtime.settings import KafkaSettings, ServiceSettings
 
 log = logging.getLogger(__name__)
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-
-
-class ConfigNotSent(RuntimeError):
-    """Kafka did not confirm the configuration (refused, or not within the timeout)."""
 
 
 class ConfigCommandSettings(ServiceSettings):
@@ -47,43 +40,6 @@ class ConfigCommandSettings(ServiceSettings):
         default_factory=lambda: KafkaSettings.model_validate({"client_id": "edgecap-config"}),
         description="Kafka connection.",
     )
-
-
-def send_config(kafka: KafkaSettings, config: AgentConfig, timeout_s: float = 10) -> None:
-    """Produce ``config`` to ``edgecap.config`` keyed by its agent id; raise :class:`ConfigNotSent`
-    unless Kafka confirmed it (``acks=all``, idempotent) within ``timeout_s``. A timeout does not
-    prove it was not written: sending again with a newer version is always safe."""
-    errors: list[KafkaError] = []
-
-    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            errors.append(err)
-
-    try:
-        producer = Producer(
-            producer_config(
-                kafka,
-                **{
-                    "logger": logging.getLogger("cloud.kafka.producer"),
-                    "linger.ms": 0,
-                    "delivery.timeout.ms": max(1000, int(timeout_s * 1000)),  # then it fails, not lingers
-                },
-            )
-        )
-        producer.produce(
-            Kafka.CONFIG.value, key=config.agent_id.encode("utf-8"), value=encode(config), on_delivery=on_delivery
-        )
-    except KafkaException as exc:  # a bad librdkafka property, say
-        raise ConfigNotSent(f"cannot produce config v{config.version} for {config.agent_id}: {exc}") from exc
-    left = producer.flush(timeout_s)
-    if errors:
-        raise ConfigNotSent(f"Kafka refused config v{config.version} for {config.agent_id}: {errors[0]}")
-    if left:
-        raise ConfigNotSent(
-            f"config v{config.version} for {config.agent_id} not confirmed by Kafka "
-            f"({kafka.bootstrap_servers}) within {timeout_s:g} s"
-        )
-    log.debug("config v%d for %s confirmed by Kafka", config.version, config.agent_id)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,15 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        config = AgentConfig(
-            agent_id=args.agent_id,
-            version=args.version if args.version is not None else time.time_ns() // 1000,
-            issued_at=time.time(),
-            **changes,
-        )
-    except ValidationError as exc:
-        errors = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']}" for e in exc.errors())
-        sys.stderr.write(f"edgecap config set: invalid configuration: {errors}\n")
+        config = new_config(args.agent_id, changes, version=args.version)
+    except ConfigRefused as exc:
+        sys.stderr.write(f"edgecap config set: {exc.detail}\n")
         return 2
     try:
         send_config(settings.kafka, config, timeout_s=args.timeout_s)

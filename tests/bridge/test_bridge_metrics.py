@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from agents_sim import bridge_service
 from support import Agent, bridge_settings, make_segment, scrape, unique, wait_until
 
 from bridge.app import Bridge
-from contracts import encode
+from contracts import Status, Up, encode, mqtt_topic
 from devtools.brokers import Mosquitto, Tansu, free_port
 
 P = "edgecap_bridge_"
@@ -37,7 +38,10 @@ def test_metrics_endpoint_counts_traffic(mosquitto: Mosquitto, kafka: Tansu) -> 
             agent.publish(encode(valid[0]))  # a resend: forwarded again, counted as a duplicate
             for raw, _ in invalid.values():
                 agent.publish(raw)
+            heartbeat = Status(agent_id=agent.agent_id, online=True, at=time.time())  # counted apart
+            agent.publish(encode(heartbeat), mqtt_topic(agent.agent_id, Up.STATUS))
             wait_until(lambda: scrape(port).get(P + "acknowledged_total") == 7, 15, "7 acknowledgements")
+            wait_until(lambda: scrape(port).get(P + "statuses_forwarded_total", 0) >= 1, 10, "the status forwarded")
             wait_until(lambda: len(agent.accepted()) == 4 and len(agent.rejected()) == 3, 10, "the receipts")
             wait_until(lambda: scrape(port).get(P + "receipt_ids_total{kind=\"rejected\"}") == 3, 5, "receipt counts")
             m = scrape(port)
@@ -45,6 +49,7 @@ def test_metrics_endpoint_counts_traffic(mosquitto: Mosquitto, kafka: Tansu) -> 
         agent.close()
 
     assert m[P + "received_total"] == 7 and m[P + "acknowledged_total"] == 7
+    assert m[P + "statuses_received_total"] >= 1 and m[P + "statuses_lost_total"] == 0
     assert m[P + 'produced_total{topic="edgecap.segments"}'] == 4  # 3 + the resend
     assert P + 'produced_total{topic="edgecap.drafts"}' not in m  # drafts travel inside their segments
     assert m[P + 'produced_total{topic="edgecap.deadletter"}'] == 3

@@ -19,6 +19,7 @@ from support import bridge_settings, read_topic, unique, wait_until
 
 import contracts as c
 from bridge.app import Bridge
+from cloud.agent_config import ConfigNotSent, send_config
 from devtools.brokers import Mosquitto, Tansu, free_port
 from devtools.speech import sample_recording
 from edge_agent.agent import Agent
@@ -27,7 +28,6 @@ from edge_agent.outbox import Outbox
 from edge_agent.remote import RemoteConfig, config_path
 from edge_agent.settings import AgentSettings
 from edge_agent.vad import Segmenter, SpeechSegment, VadEvent, WebrtcSegmenter
-from edgecap.admin.config import ConfigNotSent, send_config
 from edgecap.admin.config import main as config_main
 from edgecap.admin.devices import BRIDGE_ACCOUNT, new_password
 from edgecap.admin.dynsec import plugin_path, set_account

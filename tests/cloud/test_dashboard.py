@@ -64,7 +64,8 @@ def test_api(store: Store) -> None:
     assert [s["segment_id"] for s in segments] == [store.ids["draft"], store.ids["final"]]  # newest first
     pending, finished = segments
     assert pending["final"] is None and pending["draft"]["text"] == DRAFT_ONLY
-    assert set(pending) == {"segment_id", "agent_id", "seq", "started_at", "ended_at", "draft", "final"}
+    assert set(pending) == {"segment_id", "agent_id", "site", "seq", "started_at", "ended_at", "draft", "final"}
+    assert pending["site"] is None  # no status from pi-7 yet: no site known
     assert finished["draft"] == {
         "text": DRAFT_OF_FINAL,
         "model_id": "whisper-tiny.en-int8-onnx",
@@ -98,9 +99,11 @@ def test_api(store: Store) -> None:
 
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    assert "/static/app.js" in page.text
-    assert client.get("/static/app.js").status_code == 200
-    assert client.get("/static/style.css").status_code == 200
+    assert "/static/live.js" in page.text and "/static/vendor/htmx.min.js" in page.text
+    for asset in ("live.js", "style.css", "vendor/htmx.min.js"):
+        assert client.get(f"/static/{asset}").status_code == 200
+    for outside in ("../app.py", "..%2Fapp.py", "vendor/htmx.LICENSE", "nothing.js"):
+        assert client.get(f"/static/{outside}").status_code == 404
 
 
 @pytest.fixture
@@ -224,3 +227,16 @@ def test_the_live_feed_resumes_where_it_left_off(store: Store, served: str) -> N
         again, _ = read(client, lambda e: wanted <= states(e), **{"Last-Event-ID": last})
         assert wanted <= states(again)
         assert client.get("/api/events", timeout=5).status_code == 401  # no token: the door
+
+
+def test_vendored_scripts_are_the_pinned_release() -> None:
+    """The pages load htmx from the package (no CDN), the very file of the pinned npm release."""
+    import hashlib
+
+    vendor = Path(__file__).resolve().parents[2] / "cloud" / "dashboard" / "static" / "vendor"
+    pinned = json.loads((vendor / "vendor.json").read_text())["htmx.org"]
+    assert hashlib.sha256((vendor / pinned["file"]).read_bytes()).hexdigest() == pinned["sha256"]
+    assert f"htmx.org@{pinned['version']}" in pinned["from"] and (vendor / "htmx.LICENSE").is_file()
+    templates = Path(__file__).resolve().parents[2] / "cloud" / "dashboard" / "templates"
+    for page in templates.glob("*.html"):  # nothing from another site
+        assert not re.search(r'(src|href)="(https?:)?//', page.read_text()), page.name

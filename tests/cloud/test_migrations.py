@@ -81,8 +81,15 @@ def head_revision() -> str:
 
 
 def schema_differences(store: Store) -> list[object]:
+    """What the migrated schema lacks or has beyond ``cloud.tables``; Alembic cannot compare an index
+    on an expression (the search index: ``tests/cloud/test_search.py`` checks it is there)."""
+
+    def compared(_obj: object, name: str | None, *_: object) -> bool:
+        return name != "ix_segments_search"
+
     with store.engine.connect() as conn:
-        return list(compare_metadata(MigrationContext.configure(conn), metadata))
+        context = MigrationContext.configure(conn, opts={"include_object": compared})
+        return list(compare_metadata(context, metadata))
 
 
 def make_old_store(url: str) -> None:

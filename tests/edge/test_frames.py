@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support import bridge_settings, read_keyed, unique, wait_until
 
-from contracts import DeadLetter, Frame, Image, Kafka, Reason, Up, decode, encode, mqtt_topic
+from contracts import DeadLetter, Down, Frame, Image, Kafka, Reason, Up, decode, encode, mqtt_topic
 from devtools.brokers import Mosquitto, Tansu
 from edge_agent.outbox import Outbox
 from edge_agent.settings import FrameSettings
@@ -130,8 +130,9 @@ def test_bridge_validation_of_frames() -> None:
     assert refused(encode(good), max_side=200).detail.endswith("exceeds 200 pixels a side")
     assert refused(encode(good), max_image_bytes=1024).reason is Reason.TOO_LARGE
     assert refused(b"{not json").reason is Reason.BAD_JSON
+    assert topic_route(mqtt_topic("cam-1", Up.STATUS)) == ("cam-1", Up.STATUS)  # statuses go up too
     with pytest.raises(Refused, match="unexpected channel"):
-        topic_route(mqtt_topic("cam-1", Up.STATUS))
+        topic_route(mqtt_topic("cam-1", Down.CAPTIONS))
 
 
 # --- through the real brokers --------------------------------------------------------------

@@ -18,7 +18,8 @@ DATA = {
     "edgecap/admin/mosquitto/mosquitto.conf",
     "contracts/schema/edgecap-v1.schema.json",
     "devtools/samples/sample.wav",
-    "cloud/dashboard/static/index.html",
+    "cloud/dashboard/templates/base.html",
+    "cloud/dashboard/static/vendor/htmx.min.js",
 }
 
 

@@ -1,4 +1,4 @@
-// edgecap dashboard: the captions as they happen (server-sent events from /api/events; a reconnect
+// edgecap dashboard, Live: the captions as they happen (server-sent events from /api/events; a reconnect
 // resumes where it left off), each row updated in place when its final replaces its draft.
 "use strict";
 
@@ -9,6 +9,7 @@ const tbody = document.getElementById("captions");
 const empty = document.getElementById("empty");
 const live = document.getElementById("live");
 const agentFilter = document.getElementById("agent-filter");
+const siteFilter = document.getElementById("site-filter");
 const rows = new Map(); // "agent_id/segment_id" -> { tr, cells, key }: ids are unique per device only
 const agents = new Set();
 let loaded = false; // after the first render, new and changed rows flash
@@ -60,7 +61,9 @@ function createRow(seg) {
   }
   cells.time.append(el("span", "time", clock(seg.started_at)),
                     el("span", "sub", `${(seg.ended_at - seg.started_at).toFixed(1)} s`));
-  cells.agent.append(el("span", "agent", seg.agent_id), el("span", "sub", `#${seg.seq}`));
+  const link = el("a", "agent", seg.agent_id);
+  link.href = `/segments/${encodeURIComponent(seg.agent_id)}/${encodeURIComponent(seg.segment_id)}`;
+  cells.agent.append(el("span", "sub", seg.site || "–"), link, el("span", "sub", `#${seg.seq}`));
   return { tr, cells, key: "" };
 }
 
@@ -85,8 +88,10 @@ function updateRow(entry, seg) {
     const text = el("span", "final-text");
     if (final.text) text.append(wordsWithChanges(final.text, seg.draft && seg.draft.text));
     else text.textContent = "(silence)";
-    const lag = final.stored_at - seg.ended_at;
-    cells.final.append(text, el("span", "sub", `${final.model_id} · v${final.version} · +${lag.toFixed(1)} s`));
+    const lag = final.stored_at - seg.ended_at; // how long after the speech ended the final was stored
+    const sub = el("span", "sub", `${final.model_id} · v${final.version} · `);
+    sub.append(el("span", "latency", `+${lag.toFixed(1)} s`));
+    cells.final.append(text, sub);
     cells.state.append(el("span", `badge final ${final.source}`, `final · ${final.source}`));
   } else {
     cells.final.append(el("span", "pending", "waiting for the cloud…"));
@@ -141,15 +146,6 @@ async function fetchJSON(url) {
   return response.json();
 }
 
-async function logout() {
-  const session = await fetchJSON("/api/session");
-  await fetch("/api/logout", { method: "POST", headers: { "X-CSRF-Token": session.csrf_token || "" } });
-  location.assign("/login");
-}
-
-document.getElementById("logout").addEventListener("click", logout);
-fetchJSON("/api/session").then((s) => { document.getElementById("user").textContent = `${s.username} · ${s.role}`; });
-
 function version(seg) {
   return seg.final ? seg.final.version : 1;
 }
@@ -167,6 +163,7 @@ function show() {
 
 function filterParams() {
   const params = new URLSearchParams();
+  if (siteFilter.value) params.set("site", siteFilter.value);
   if (agentFilter.value) params.set("agent_id", agentFilter.value);
   return params;
 }
@@ -210,12 +207,17 @@ async function pollStats() {
   }
 }
 
-agentFilter.addEventListener("change", () => {
+function refilter() {
   for (const entry of rows.values()) entry.tr.remove();
   rows.clear();
   loaded = false;
+  const query = filterParams().toString();
+  history.replaceState(null, "", query ? `/?${query}` : "/"); // the filters live in the URL
   connect();
-});
+}
+agentFilter.addEventListener("change", refilter);
+siteFilter.addEventListener("change", refilter);
+for (const option of agentFilter.options) if (option.value) agents.add(option.value);
 
 connect();
 pollStats();
