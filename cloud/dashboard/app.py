@@ -24,7 +24,7 @@ from cloud.dashboard.access import Caller, Door, admin, caller_of
 from cloud.dashboard.accounts import Accounts
 from cloud.dashboard.fleet import fleet_router
 from cloud.dashboard.jobs import jobs_router
-from cloud.dashboard.live import PING_S, parse_cursor, segment_events
+from cloud.dashboard.live import PING_S, ChangeFeed, parse_cursor
 from cloud.dashboard.pages import pages
 from cloud.dashboard.system import system_router
 from cloud.dashboard.uploads import UploadRefused, Uploads
@@ -53,6 +53,7 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     captions = store if store is not None else Store(settings.store_url)
     uploads = Uploads(settings)
     door = Door(settings, Accounts(captions))
+    feed = ChangeFeed(captions, settings.events_poll_s)  # one reader of the store for every live stream
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -65,6 +66,7 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
     app = FastAPI(title="edgecap dashboard", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None, dependencies=[Depends(door.guard)])  # fmt: skip
     app.state.door = door
+    app.state.feed = feed
     # pages, scripts and JSON compressed (htmx: 52 KB → 16 KB); Starlette never compresses the live
     # feed (text/event-stream), whose events must reach the browser as they are written
     app.add_middleware(GZipMiddleware, minimum_size=1024)
@@ -146,7 +148,7 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         """Server-sent events: one ``segment`` event per new state of a segment (its draft, its
         final), resumable (``Last-Event-ID``); see :mod:`cloud.dashboard.live`."""
         cursor = parse_cursor(request.headers.get("last-event-id"), since)
-        stream = segment_events(request, captions, cursor, agent_id, settings.events_poll_s, site)
+        stream = feed.events(request, cursor, agent_id, site)
         return EventSourceResponse(stream, ping=PING_S, headers={"Cache-Control": "no-store"})
 
     @app.get("/api/segments/{agent_id}/{segment_id}", response_model=None)

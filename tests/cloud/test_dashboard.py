@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
-from support import PASSWORD, dashboard_user
+from support import PASSWORD, dashboard_user, wait_until
 
 from cloud.dashboard import create_app
 from cloud.rule import reconcile
@@ -240,3 +240,60 @@ def test_vendored_scripts_are_the_pinned_release() -> None:
     templates = Path(__file__).resolve().parents[2] / "cloud" / "dashboard" / "templates"
     for page in templates.glob("*.html"):  # nothing from another site
         assert not re.search(r'(src|href)="(https?:)?//', page.read_text()), page.name
+
+
+class CountingStore(Store):
+    """The real store, counting its change-feed reads."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self.feed_reads = 0
+
+    def changed_since(self, *args: Any, **kwargs: Any) -> list[tuple[float, Any]]:
+        self.feed_reads += 1
+        return super().changed_since(*args, **kwargs)
+
+
+def test_every_live_stream_shares_one_reader_of_the_store(tmp_path: Path) -> None:
+    """Streams open at once take their events from one reader: the store is read once per poll
+    however many browsers watch, plus once per stream as it starts (its catch-up)."""
+    import httpx
+    from httpx_sse import connect_sse
+
+    store = CountingStore(f"sqlite:///{tmp_path / 'captions.db'}")
+    _, token = dashboard_user(store, "viewer")
+    app = create_app(DashboardSettings(events_poll_s=0.05), store=store)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None))
+    threading.Thread(target=server.run, daemon=True).start()
+    wait_for_port(port, 10)
+    streams, opened, got = 4, threading.Barrier(5, timeout=30), [[] for _ in range(4)]
+    wanted = new_segment_id()
+
+    def watch(events: list[str]) -> None:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            with connect_sse(client, "GET", "/api/events", headers=token) as source:
+                opened.wait()
+                for sse in source.iter_sse():
+                    if sse.event == "segment":
+                        events.append(json.loads(sse.data)["segment_id"])
+                        if wanted in events:
+                            return
+
+    try:
+        watchers = [threading.Thread(target=watch, args=(got[i],), daemon=True) for i in range(streams)]
+        for w in watchers:
+            w.start()
+        opened.wait()  # every stream is open
+        wait_until(lambda: app.state.feed.streams == streams, 20, "every stream to start")
+        draft(store, wanted, 0, "one for all")
+        for w in watchers:
+            w.join(30)
+        assert all(wanted in events for events in got), got
+        assert app.state.feed.reads >= 1
+        # one catch-up each, and the shared reads (one of which may be under way as we look)
+        assert 0 <= store.feed_reads - (app.state.feed.reads + streams) <= 1, (store.feed_reads, app.state.feed.reads)
+    finally:
+        server.should_exit = True
+        store.close()
+

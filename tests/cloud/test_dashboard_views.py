@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import shutil
 import struct
 import threading
@@ -241,6 +242,7 @@ def test_every_view_for_an_admin(site: Site, browser: Any) -> None:
     page.fill("input[name=heartbeat_s]", "7")
     page.click("#config-form button[type=submit]")
     page.wait_for_selector("#config-result.ok")
+    assert re.search(r"version \d{16}", page.text_content("#config-result") or ""), "the version Kafka took"
     config = read_config(site.kafka, "pi-kitchen")
     assert (config.muted, config.heartbeat_s) == (True, 7.0)
     shoot(page, site, "agent")

@@ -20,7 +20,7 @@ document.addEventListener("DOMContentLoaded", () => {
     });
     const answer = await response.json().catch(() => ({}));
     result.textContent = response.ok
-      ? `sent: version ${answer.version}; the agent applies it when it next hears from the bridge`
+      ? `sent: version ${answer.config.version}; the agent applies it when it next hears from the bridge`
       : `refused (${response.status}): ${JSON.stringify(answer.detail)}`;
     result.className = response.ok ? "ok" : "error";
   });
