@@ -10,7 +10,8 @@ loses a few records it had confirmed across a restart, even a graceful one on du
 real reconciler (``python -m cloud reconcile``) stores each segment's draft from ``edgecap.segments``.
 
 Afterwards: every committed ``segment_id`` is in Kafka ``edgecap.segments`` (0 lost), duplicates
-are counted, the first occurrences keep each agent's ``seq`` order, every outbox is empty, and the
+are counted, the first occurrences keep each agent's ``seq`` order, every outbox is empty (none of
+them rejected by the bridge: a quarantined segment also leaves the outbox's depth), and the
 store holds exactly one row per ``segment_id`` (the reconciler stored each draft once and counted
 the duplicates). Sizes: ``EDGECAP_TEST_CHAOS_SEGMENTS`` (default 10000, the issue's proof) at
 ``EDGECAP_TEST_CHAOS_RATE`` segments/s (default 250).
@@ -99,6 +100,40 @@ def rig(tmp_path: Path, kafka: Tansu, name: str) -> Iterator[Rig]:
         mosquitto.close()
 
 
+_BRIDGE_COUNTS = ("dead_lettered", "kafka_refused", "deadletters_lost", "retried", "producer_restarts",
+                  "delivery_failures", "errors", "produced", "acknowledged", "received")
+
+
+def where_they_went(r: Rig, ids: set[str]) -> str:
+    """Where the committed segments ``ids`` that are not in ``edgecap.segments`` ended: quarantined
+    by their agent (the bridge rejected them), in ``edgecap.deadletter``, in the store (so Kafka
+    had them after all), or nowhere (acknowledged without delivery: a real loss); with the bridge's
+    counts and its warnings, to tell a refusal from a loss."""
+    assert r.fleet is not None
+    quarantined = {q.segment_id: q for a in r.fleet.agents for q in a.outbox.quarantined()}
+    letters = read_topic(r.kafka.bootstrap, Kafka.DEADLETTER, lambda _: True, timeout_s=15, linger_s=1.0)
+    lettered = {sid for sid in ids if any(sid.encode() in value for _, value in letters)}
+    with sqlite3.connect(r.store_path) as db:
+        stored = {sid for (sid,) in db.execute("SELECT segment_id FROM segments") if sid in ids}
+    nowhere = ids - quarantined.keys() - lettered - stored
+    counts = {k: v for k, v in scrape(r.bridge_metrics).items()
+              if "_total" in k and any(f"bridge_{c}" in k for c in _BRIDGE_COUNTS)}
+    reasons = sorted({f"{q.reason}: {q.detail}" for sid, q in quarantined.items() if sid in ids})[:5]
+    links = {a.agent_id: dict(a.link.counters) for a in r.fleet.agents}
+    seqs = {a.agent_id: ([seq for seq, sid in a.committed if sid in ids], len(a.committed)) for a in r.fleet.agents}
+    warnings = [line for line in r.bridge.log_path.read_text(errors="replace").splitlines()
+                if "WARNING" in line or "ERROR" in line]
+    return (
+        f"of {len(ids)}: {len(ids & quarantined.keys())} quarantined by their agent {reasons}, "
+        f"{len(lettered)} in {Kafka.DEADLETTER.value} ({len(letters)} dead letters in all), "
+        f"{len(stored)} in the store, {len(nowhere)} nowhere (acknowledged without delivery) e.g. "
+        f"{sorted(nowhere)[:5]}; {len(quarantined)} quarantined in all; bridge counts {counts}; "
+        f"their seqs by agent (of how many committed) {seqs}; agent links {links}; {'; '.join(r.notes)}"
+        "\n--- bridge warnings (last 80)\n" + "\n".join(warnings[-80:])
+        + f"\n{r.logs()}"
+    )
+
+
 def finish_and_verify(r: Rig, started: float, feed_s: float) -> None:
     """Wait for every outbox to drain, then check Kafka and the store against what was committed."""
     assert r.fleet is not None
@@ -124,7 +159,13 @@ def finish_and_verify(r: Rig, started: float, feed_s: float) -> None:
 
     read_topic(r.kafka.bootstrap, Kafka.SEGMENTS, all_there, timeout_s=120, linger_s=1.0)
     lost = wanted - seen.keys()
-    assert not lost, f"{len(lost)} committed segments missing in Kafka, e.g. {sorted(lost)[:5]}"
+    assert not lost, (
+        f"{len(lost)} committed segments missing in Kafka, e.g. {sorted(lost)[:5]}: {where_they_went(r, lost)}"
+    )
+    # a segment the bridge rejected left the outbox's depth (quarantined, kept) without reaching
+    # edgecap.segments: an outage must never cause that
+    quarantined = {q.segment_id for a in fleet.agents for q in a.outbox.quarantined()}
+    assert not quarantined, f"{len(quarantined)} segments rejected by the bridge: {where_they_went(r, quarantined)}"
     assert seen.keys() <= wanted, "segments in Kafka that no agent committed"
     duplicates = len(parsed) - len(seen)
     first: dict[str, list[int]] = {agent: [] for agent in committed}
@@ -144,20 +185,34 @@ def finish_and_verify(r: Rig, started: float, feed_s: float) -> None:
                         f"{every[max(0, where - 5):where + 60]}; {'; '.join(r.notes)}\n{r.logs()}")
 
     # downstream: the real reconciler stored each draft once, whatever number of copies it read.
-    # It is done once it has handled as many segment records as Kafka holds, the late duplicates too.
+    # It is done once the store holds every committed segment and it has handled as many segment
+    # records as Kafka holds (the late duplicates too). The count alone cannot tell it: a record it
+    # handles twice (a batch retried, or re-read after the group lost its assignment while Kafka
+    # was away) counts as a duplicate draft too, so the count reaches the number of records
+    # before the last segments are stored.
     def handled(outcome: str) -> float:
         m = scrape(r.reconcile_metrics)
         return m.get(f'edgecap_worker_records_total{{outcome="{outcome}",worker="reconcile"}}', 0)
 
-    wait_until(lambda: handled("draft") + handled("duplicate_draft") >= len(parsed), 120,
-               "the reconciler to handle every record", every_s=0.5,
-               detail=lambda: f"{handled('draft'):.0f} drafts stored of {len(parsed)} records\n{r.logs()}")
+    def stored_ids() -> set[str]:
+        with sqlite3.connect(r.store_path) as db:
+            return {sid for (sid,) in db.execute("SELECT segment_id FROM segments")}
+
+    def reconciled() -> bool:
+        return handled("draft") + handled("duplicate_draft") >= len(parsed) and wanted <= stored_ids()
+
+    wait_until(reconciled, 120, "the reconciler to store every segment and handle every record", every_s=0.5,
+               detail=lambda: f"{len(wanted - stored_ids())} segments not stored, e.g. "
+               f"{sorted(wanted - stored_ids())[:5]}; {handled('draft'):.0f} drafts stored and "
+               f"{handled('duplicate_draft'):.0f} duplicate drafts of {len(parsed)} records\n{r.logs()}")
     stored_drafts, duplicate_drafts = handled("draft"), handled("duplicate_draft")
     with sqlite3.connect(r.store_path) as db:
         rows = db.execute("SELECT segment_id, count(*) FROM segments GROUP BY segment_id").fetchall()
         versions = db.execute(
             "SELECT segment_id, count(*) FROM caption_versions WHERE version = 1 GROUP BY segment_id"
         ).fetchall()
+    missing = wanted - {sid for sid, _ in rows}
+    assert not missing, f"{len(missing)} segments not in the store, e.g. {sorted(missing)[:5]}\n{r.logs()}"
     assert {sid for sid, _ in rows} == wanted and all(n == 1 for _, n in rows)
     assert {sid for sid, _ in versions} == wanted and all(n == 1 for _, n in versions)
     assert stored_drafts == len(wanted), f"{stored_drafts:.0f} drafts stored for {len(wanted)} segments"
@@ -165,9 +220,12 @@ def finish_and_verify(r: Rig, started: float, feed_s: float) -> None:
     print(
         f"{r.bridge.name}: {len(wanted)} committed by {AGENTS} agents, 0 lost, {duplicates} duplicates in "
         f"{Kafka.SEGMENTS.value} ({len(parsed)} records), store {len(rows)} rows "
-        f"(reconciler: {stored_drafts:.0f} stored, {duplicate_drafts:.0f} duplicate drafts), "
+        f"(reconciler: {stored_drafts:.0f} stored, {duplicate_drafts:.0f} duplicate drafts, of which "
+        f"{duplicate_drafts - duplicates:.0f} records handled again), "
         f"drained after {drained_s:.1f} s; last bridge: {bm.get('edgecap_bridge_duplicates_total', 0):.0f} "
-        f"duplicates seen; {'; '.join(r.notes)}"
+        f"duplicates seen, {bm.get('edgecap_bridge_retried_total', 0):.0f} retried, "
+        f"{bm.get('edgecap_bridge_delivery_failures_total', 0):.0f} delivery failures, "
+        f"{bm.get('edgecap_bridge_producer_restarts_total', 0):.0f} producer restarts; {'; '.join(r.notes)}"
     )
 
 
