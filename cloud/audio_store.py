@@ -63,6 +63,11 @@ class AudioRecords:
             insert = self._insert(segment_audio).values(**row).on_conflict_do_nothing()
             return conn.execute(insert.returning(segment_audio.c.segment_id)).first() is not None
 
+    def has_audio(self, key: SegmentKey) -> bool:
+        """Whether a segment's audio is kept (without reading it)."""
+        with self._reader.connect() as conn:
+            return conn.execute(select(segment_audio.c.bytes).where(by_key(segment_audio, key))).first() is not None
+
     def segment_audio(self, key: SegmentKey) -> tuple[str, bytes] | None:
         """``(media type, bytes)`` of a segment's audio, playable in a browser; None if not kept."""
         query = select(segment_audio).where(by_key(segment_audio, key))

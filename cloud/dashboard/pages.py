@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, Response
@@ -33,10 +34,6 @@ def _utc(at: float | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
     if at is None:
         return "–"
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime(fmt) + " UTC"
-
-
-def _iso(at: float) -> str:
-    return dt.datetime.fromtimestamp(at, dt.UTC).isoformat()
 
 
 def _ago(at: float | None, now: float) -> str:
@@ -61,7 +58,7 @@ def _when(value: str | None) -> float | None:
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
 
 
-TEMPLATES.env.filters.update(utc=_utc, iso=_iso, tojson_compact=lambda v: json.dumps(v, separators=(",", ":")))
+TEMPLATES.env.filters.update(utc=_utc, tojson_compact=lambda v: json.dumps(v, separators=(",", ":")))
 
 
 def pages(captions: Store) -> APIRouter:
@@ -69,11 +66,14 @@ def pages(captions: Store) -> APIRouter:
     router = APIRouter(include_in_schema=False)
 
     def render(request: Request, name: str, **context: Any) -> HTMLResponse:
-        import time
-
         caller = request.state.caller
         base = {"caller": caller, "nav": NAV, "path": request.url.path, "now": time.time(), "ago": _ago}
         return TEMPLATES.TemplateResponse(request, name, base | context, headers=NO_CACHE)
+
+    def missing(request: Request, what: str) -> HTMLResponse:
+        page = render(request, "missing.html", what=what)
+        page.status_code = 404
+        return page
 
     def fragment(request: Request) -> bool:
         return request.headers.get("hx-request") == "true" and request.headers.get("hx-history-restore-request") is None
@@ -90,10 +90,10 @@ def pages(captions: Store) -> APIRouter:
         key = (agent_id, segment_id)
         row = captions.get(key)
         if row is None:
-            return render(request, "missing.html", what=f"segment {agent_id}/{segment_id}")
+            return missing(request, f"segment {agent_id}/{segment_id}")
         return render(request, "segment.html", seg=row, versions=captions.versions(key),
                       journey=captions.journey(key), why=captions.reconciliation(key),
-                      has_audio=captions.segment_audio(key) is not None)  # fmt: skip
+                      has_audio=captions.has_audio(key))  # fmt: skip
 
     @router.get("/search")
     def search(
@@ -107,7 +107,7 @@ def pages(captions: Store) -> APIRouter:
         cursor: str | None = None,
     ) -> HTMLResponse:
         filters = {"q": q, "site": site, "agent_id": agent_id, "from": start, "to": to, "state": state}
-        chosen: State | None = state if state in ("draft", "final", "cloud", "edge") else None  # type: ignore[assignment]
+        chosen = cast(State, state) if state in get_args(State) else None
         error = None
         try:
             found = captions.search_segments(q=q or None, site=site or None, agent_id=agent_id or None,
@@ -138,7 +138,7 @@ def pages(captions: Store) -> APIRouter:
     def agent(request: Request, agent_id: str) -> Response:
         found = captions.agent(agent_id, history=50)
         if found is None:
-            return render(request, "missing.html", what=f"agent {agent_id}")
+            return missing(request, f"agent {agent_id}")
         recent = captions.search_segments(agent_id=agent_id, limit=10).rows
         return render(request, "agent.html", agent=found, disagreement=captions.disagreement(agent_id=agent_id),
                       recent=recent)  # fmt: skip

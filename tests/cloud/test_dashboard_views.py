@@ -279,6 +279,9 @@ def test_every_view_for_an_admin(site: Site, browser: Any) -> None:
 
 def test_a_viewer_sees_no_admin_action(site: Site, browser: Any) -> None:
     page = log_in(browser, site, "viewer")
+    for unknown in ("/segments/pi-lab/nothing-here", "/fleet/pi-nobody"):
+        answer = page.goto(f"{site.url}{unknown}")
+        assert answer is not None and answer.status == 404 and "Not found" in page.text_content("main")
     page.goto(f"{site.url}/fleet/pi-kitchen")
     assert page.locator("#config-form").count() == 0
     page.goto(f"{site.url}/upload")
