@@ -2,6 +2,7 @@
 
     edgecap devices init-ca [--server-name IP:10.0.0.5 --server-name DNS:mqtt.example.org]
     edgecap devices add pi-7 --generate [--cert]          # or --password-file FILE
+    edgecap devices add pi-7 --cert --inventory ansible/inventory --ansible-host 192.0.2.7   # and to ansible
     edgecap devices add edgecap-bridge --bridge --generate
     edgecap devices remove pi-7                           # password removed, certificates revoked
     edgecap devices revoke pi-7                           # certificates revoked, password kept
@@ -42,6 +43,7 @@ from edgecap.admin.devices import (
     revoke_certificates,
     write_secret,
 )
+from edgecap.admin.inventory import write_device
 from runtime.logs import configure
 
 BROKER_DIR = Path("/etc/mosquitto/edgecap")
@@ -73,6 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--days", type=int, default=825, help="validity of the certificate")
     add.add_argument("--bridge", action="store_true", help=f"the bridge's own account {BRIDGE_ACCOUNT!r}")
     add.add_argument("--out-dir", type=Path, default=Path("."), help="where the device's files are written")
+    add.add_argument("--inventory", type=Path,
+                     help="also add the device to this ansible inventory folder (ansible/inventory): a host file "
+                     "and host_vars/<id>/vault.yml with its credentials, for the role edge_agent")
+    add.add_argument("--ansible-host", help="with --inventory: the device's address for ansible (ansible_host)")
+    add.add_argument("--vault-password-file", type=Path,
+                     help="with --inventory: encrypt the credentials file with ansible-vault at once")
 
     remove = sub.add_parser("remove", help="remove a device: delete its password, revoke its certificates")
     remove.add_argument("agent_id")
@@ -120,6 +128,8 @@ def _add(args: argparse.Namespace) -> int:
         raise DeviceError("nothing to add: give --password-file FILE, --generate and/or --cert")
     if args.cert and args.bridge:
         raise DeviceError("the bridge logs in with a password on its own listener: no --cert")
+    if args.inventory and args.bridge:
+        raise DeviceError("--inventory is for devices: the bridge is not installed by ansible")
     out = sys.stdout
     password: str | None = None
     if args.generate:
@@ -133,6 +143,7 @@ def _add(args: argparse.Namespace) -> int:
     what = "with a new password" if password is not None else "its password unchanged" if any(
         a.has_password for a in dynsec.accounts(args.accounts) if a.username == agent_id) else "without a password"
     out.write(f"{agent_id} added to {args.accounts} ({what})\n")
+    crt = key = None
     if args.cert:
         crt, key = issue_certificate(args.ca_dir, agent_id, args.out_dir, days=args.days)
         issued = args.ca_dir / "issued"
@@ -140,6 +151,14 @@ def _add(args: argparse.Namespace) -> int:
         (issued / crt.name).write_bytes(crt.read_bytes())
         out.write(f"certificate of {agent_id}: {crt}, key {key}, CA {args.ca_dir / 'ca.crt'} "
                   f"(recorded in {args.ca_dir / 'index.txt'}; `edgecap devices revoke {agent_id}` revokes it)\n")
+    if args.inventory:
+        ca = args.ca_dir / "ca.crt"
+        host_file, vault = write_device(
+            args.inventory, agent_id, ansible_host=args.ansible_host, ca_cert=ca if ca.is_file() else None,
+            client_cert=crt, client_key=key, password=password, vault_password_file=args.vault_password_file,
+        )
+        out.write(f"{agent_id} added to the inventory: {host_file}, credentials in {vault} "
+                  + ("(encrypted)\n" if args.vault_password_file else "(encrypt it: ansible-vault encrypt FILE)\n"))
     if not args.bridge:
         out.write(f"its role {dynsec.device_role(agent_id)} grants it its own topics only\n")
     out.write(RESTART_HINT)
