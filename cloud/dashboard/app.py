@@ -14,6 +14,7 @@ from urllib.parse import parse_qsl
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +24,7 @@ from cloud.captions import CaptionVersion, Disagreement
 from cloud.dashboard.access import Caller, Door, admin, caller_of
 from cloud.dashboard.accounts import Accounts
 from cloud.dashboard.fleet import fleet_router
+from cloud.dashboard.fleet_metrics import FleetCollector
 from cloud.dashboard.jobs import jobs_router
 from cloud.dashboard.live import PING_S, ChangeFeed, parse_cursor
 from cloud.dashboard.pages import pages
@@ -280,14 +282,15 @@ def create_app(settings: DashboardSettings, store: Store | None = None) -> FastA
         """How many segments, drafts and finals are stored."""
         return captions.counts()
 
+    fleet = CollectorRegistry(auto_describe=True)  # this app's store: the process-wide registry has none
+    fleet.register(FleetCollector(captions))
+
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        """The dashboard's own Prometheus metrics (uploads, jobs, configurations sent, scrapes),
-        behind the login like every route: Prometheus scrapes it with an API token
-        (``authorization: {credentials: edc_…}``)."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        """The dashboard's own Prometheus metrics (uploads, jobs, configurations sent, scrapes) and
+        the fleet, one series per device (:mod:`cloud.dashboard.fleet_metrics`), behind the login
+        like every route: Prometheus scrapes it with an API token (``authorization: {credentials: …}``)."""
+        return Response(generate_latest() + generate_latest(fleet), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/healthz", response_model=None)
     def healthz() -> dict[str, str] | JSONResponse:

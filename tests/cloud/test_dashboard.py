@@ -297,3 +297,30 @@ def test_every_live_stream_shares_one_reader_of_the_store(tmp_path: Path) -> Non
         server.should_exit = True
         store.close()
 
+
+
+def test_metrics_carry_each_device_of_the_fleet(store: Store) -> None:
+    """The dashboard's /metrics: one series per device from the store (online, last seen, backlog),
+    read with Prometheus's own parser; behind the login like every route."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from contracts import Status
+
+    now = time.time()
+    store.record_status(Status(agent_id="pi-kitchen", online=True, at=now, site="home", queue_depth=3,
+                               oldest_age_s=42.0, quota_full=True))  # fmt: skip
+    store.record_status(Status(agent_id="pi-shed", online=False, at=now, site="garden", muted=True))  # last will
+    _, token = dashboard_user(store, "viewer")
+    client = TestClient(create_app(DashboardSettings(), store=store))
+    assert client.get("/metrics").status_code == 401
+    page = client.get("/metrics", headers=token)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/plain")
+    series = {(s.name, s.labels.get("agent_id"), s.labels.get("site")): s.value
+              for family in text_string_to_metric_families(page.text) for s in family.samples}  # fmt: skip
+    assert series[("edgecap_fleet_device_online", "pi-kitchen", "home")] == 1.0
+    assert series[("edgecap_fleet_device_online", "pi-shed", "garden")] == 0.0
+    assert series[("edgecap_fleet_device_queue_depth", "pi-kitchen", "home")] == 3.0
+    assert series[("edgecap_fleet_device_oldest_unsent_seconds", "pi-kitchen", "home")] == 42.0
+    assert series[("edgecap_fleet_device_quota_full", "pi-kitchen", "home")] == 1.0
+    assert series[("edgecap_fleet_device_muted", "pi-shed", "garden")] == 1.0
+    assert 0 <= series[("edgecap_fleet_device_last_seen_seconds", "pi-shed", "garden")] < 60

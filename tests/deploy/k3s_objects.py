@@ -135,8 +135,8 @@ _METRIC = re.compile(r"\bedgecap_[a-z0-9_]+\b")
 @functools.cache
 def exported_metrics() -> frozenset[str]:
     """Every sample name the services' /metrics can carry, from their real collectors: the workers'
-    and the dashboard's (the default registry, once their modules are imported) and the bridge's
-    (a registry of its own)."""
+    and the dashboard's (the default registry, once their modules are imported), the dashboard's
+    fleet collector and the bridge's (a registry of its own)."""
     import prometheus_client
 
     import cloud.dashboard.fleet
@@ -147,7 +147,9 @@ def exported_metrics() -> frozenset[str]:
     import runtime.kafka  # noqa: F401  (they register their collectors on import)
     from bridge.metrics import Metrics
 
-    names: set[str] = set()
+    from cloud.dashboard.fleet_metrics import SERIES
+
+    names: set[str] = {name for name, _, _ in SERIES}  # the dashboard's fleet, one series per device
     for registry in (prometheus_client.REGISTRY, Metrics().registry):
         for family in registry.collect():
             if not family.name.startswith("edgecap_"):
