@@ -196,3 +196,65 @@ class MqttConnection:
             log.warning("mqtt %s: connection lost (%s); reconnecting with backoff", self.client_id, reason)
         else:
             log.info("mqtt %s: disconnected", self.client_id)
+
+
+class Subscription:
+    """A persistent, manually acknowledged subscription to ``filters`` (QoS 1) on a connection of its
+    own: subscribed again after every reconnect, ``subscribed`` set (and ``gauge`` 1) while the
+    broker has granted it. The segments' uplink and the statuses' each run one."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        client_id: str,
+        filters: list[str],
+        metrics: Metrics,
+        gauge: Any,
+        on_message: Callable[[mqtt.Client, Any, mqtt.MQTTMessage], None],
+        *,
+        receive_maximum: int | None = None,
+        reconnect_s: tuple[int, int] = (1, 30),
+    ) -> None:
+        self.filters = filters
+        self.gauge = gauge
+        self.subscribed = threading.Event()
+        self.connection = MqttConnection(
+            settings,
+            client_id,
+            metrics,
+            persistent=True,  # what arrives while the bridge is away waits in the session
+            manual_ack=True,  # acknowledged by the owner once handled, not before
+            receive_maximum=receive_maximum,
+            reconnect_s=reconnect_s,
+            on_connected=self._subscribe,
+            on_disconnected=self._unsubscribed,
+        )
+        self.connection.client.on_message = on_message
+        self.connection.client.on_subscribe = self._subscribed
+
+    def start(self) -> None:
+        self.connection.start()
+
+    def stop(self) -> None:
+        self.connection.stop()
+        self._unsubscribed()
+
+    def ack(self, mids: list[int]) -> None:
+        self.connection.client.ack_many(mids)
+
+    # --- paho network thread -------------------------------------------------------------
+
+    def _subscribe(self, client: mqtt.Client) -> None:
+        client.subscribe([(f, 1) for f in self.filters])
+
+    def _subscribed(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("subscription to %s refused: %s", self.filters, reasons)
+            return
+        log.info("subscribed to %s", self.filters)
+        self.subscribed.set()
+        self.gauge.set(1)
+
+    def _unsubscribed(self) -> None:
+        self.subscribed.clear()
+        self.gauge.set(0)

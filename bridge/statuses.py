@@ -41,7 +41,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from bridge.limits import fitted_dead_letter
 from bridge.metrics import Metrics
-from bridge.mqtt import MqttConnection
+from bridge.mqtt import Subscription
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_status, topic_route
 from contracts import Kafka, Reason, Up, shared_filter
@@ -60,51 +60,30 @@ class StatusUplink:
         self.settings = settings
         self.producer = producer
         self.metrics = metrics
-        self.subscribed = threading.Event()
         self._closing = threading.Event()
         self._losing = False  # warn at the first loss after a success, not for every heartbeat of an outage
-        self._filter = shared_filter(settings.shared_group, Up.STATUS)
-        self.connection = MqttConnection(
+        self.subscription = Subscription(
             settings.mqtt,
             f"{settings.client_id}-status",
+            [shared_filter(settings.shared_group, Up.STATUS)],
             metrics,
-            persistent=True,  # a last will sent while every replica is away waits in the session
-            manual_ack=True,  # acknowledged once handed to the producer, not before
+            metrics.statuses_connected,
+            self.on_message,
             reconnect_s=(settings.reconnect_min_s, settings.reconnect_max_s),
-            on_connected=self._subscribe,
-            on_disconnected=self._unsubscribed,
         )
-        self.connection.client.on_message = self.on_message
-        self.connection.client.on_subscribe = self._subscribed
+        self.subscribed = self.subscription.subscribed
 
     def start(self) -> None:
-        self.connection.start()
+        self.subscription.start()
 
     def pause(self) -> None:
         """Forward no more statuses; those that arrive stay unacknowledged and are redelivered later."""
         self._closing.set()
 
     def stop(self) -> None:
-        self.connection.stop()
-        self.subscribed.clear()
-        self.metrics.statuses_connected.set(0)
+        self.subscription.stop()
 
     # --- paho network thread -------------------------------------------------------------
-
-    def _subscribe(self, client: mqtt.Client) -> None:
-        client.subscribe([(self._filter, 1)])
-
-    def _subscribed(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("subscription to %s refused: %s", self._filter, reasons)
-            return
-        log.info("subscribed to %s", self._filter)
-        self.subscribed.set()
-        self.metrics.statuses_connected.set(1)
-
-    def _unsubscribed(self) -> None:
-        self.subscribed.clear()
-        self.metrics.statuses_connected.set(0)
 
     def on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         if self._closing.is_set():
@@ -115,7 +94,7 @@ class StatusUplink:
             self.metrics.errors.inc()
             log.exception("failed to handle the status %d on %s; acknowledged anyway", msg.mid, msg.topic)
         if msg.qos == 1:  # a QoS 0 message needs no ack; the subscription grants no QoS 2
-            self.connection.client.ack_many([msg.mid])
+            self.subscription.ack([msg.mid])
 
     def forward(self, topic: str, raw: bytes) -> None:
         """Check the status ``raw`` that came on ``topic`` and produce it to ``edgecap.status`` keyed by

@@ -30,7 +30,7 @@ import paho.mqtt.client as mqtt
 from bridge.delivery import Delivery, Records
 from bridge.limits import fitted_dead_letter, record_bytes
 from bridge.metrics import Metrics
-from bridge.mqtt import MqttConnection
+from bridge.mqtt import Subscription
 from bridge.receipts import ReceiptBook
 from bridge.settings import BridgeSettings
 from bridge.validation import Refused, check_frame, check_segment, readable_segment_id, topic_route
@@ -71,39 +71,33 @@ class Uplink:
         self.delivery = delivery
         self.receipts = receipts
         self.metrics = metrics
-        self.subscribed = threading.Event()
         self._closing = threading.Event()
         self._slots = threading.BoundedSemaphore(settings.max_in_flight)
         self._lock = threading.Lock()
         self._unacked: deque[_Pending] = deque()
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._last_seq: OrderedDict[str, int] = OrderedDict()  # highest seq seen per agent, recent agents
-        self._filters = [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)]
-        self.connection = MqttConnection(
+        self.subscription = Subscription(
             settings.mqtt,
             settings.client_id,
+            [shared_filter(settings.shared_group, channel) for channel in (Up.SEGMENTS, Up.FRAMES)],
             metrics,
-            persistent=True,
-            manual_ack=True,
-            receive_maximum=settings.max_in_flight,
+            metrics.connected,
+            self.on_message,
+            receive_maximum=settings.max_in_flight,  # the broker sends no more than the slots
             reconnect_s=(settings.reconnect_min_s, settings.reconnect_max_s),
-            on_connected=self._subscribe,
-            on_disconnected=self._unsubscribed,
         )
-        self.connection.client.on_message = self.on_message
-        self.connection.client.on_subscribe = self._subscribed
+        self.subscribed = self.subscription.subscribed
 
     def start(self) -> None:
-        self.connection.start()
+        self.subscription.start()
 
     def pause(self) -> None:
         """Take no more messages; those that arrive stay unacknowledged and are redelivered later."""
         self._closing.set()
 
     def stop(self) -> None:
-        self.connection.stop()
-        self.subscribed.clear()
-        self.metrics.connected.set(0)
+        self.subscription.stop()
 
     def in_flight(self) -> int:
         """Messages taken from MQTT and not acknowledged yet."""
@@ -111,21 +105,6 @@ class Uplink:
             return len(self._unacked)
 
     # --- paho network thread -------------------------------------------------------------
-
-    def _subscribe(self, client: mqtt.Client) -> None:
-        client.subscribe([(f, 1) for f in self._filters])
-
-    def _subscribed(self, _c: mqtt.Client, _u: Any, _mid: int, reasons: list[Any], _p: Any) -> None:
-        if any(r.is_failure for r in reasons):
-            log.error("subscription to %s refused: %s", self._filters, reasons)
-            return
-        log.info("subscribed to %s", self._filters)
-        self.subscribed.set()
-        self.metrics.connected.set(1)
-
-    def _unsubscribed(self) -> None:
-        self.subscribed.clear()
-        self.metrics.connected.set(0)
 
     def on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self.metrics.received.inc()
@@ -305,7 +284,7 @@ class Uplink:
                 self._slots.release()
                 done.on_success()
                 acked += 1
-            self.connection.client.ack_many(mids)
+            self.subscription.ack(mids)
         if acked:
             self.metrics.acknowledged.inc(acked)
             self.metrics.in_flight.dec(acked)
