@@ -146,7 +146,6 @@ def exported_metrics() -> frozenset[str]:
     import cloud.tracking  # noqa: F401
     import runtime.kafka  # noqa: F401  (they register their collectors on import)
     from bridge.metrics import Metrics
-
     from cloud.dashboard.fleet_metrics import SERIES
 
     names: set[str] = {name for name, _, _ in SERIES}  # the dashboard's fleet, one series per device
