@@ -371,12 +371,20 @@ def test_playbook_installs_and_runs_the_agent(machine: Machine, models_dir: Path
                        and len({s.segment_id for s in uplink.segments}) >= 4, 180,
                        "the agent's segments and its status saying the input is captioned", every_s=0.5,
                        detail=journal)
+
+            def captioned() -> list[str]:
+                return machine.ssh("cat /var/lib/edgecap/captions/captions.jsonl").stdout.splitlines()
+
+            # the caption file gets its last line a moment after the segment goes up: wait for it
+            wait_until(lambda: len(captioned()) == len({s.segment_id for s in uplink.segments}), 60,
+                       "one caption line on the device per segment the broker received", every_s=0.5,
+                       detail=lambda: f"{captioned()}\n{journal()}")  # fmt: skip
             timings["captioned and delivered"] = time.monotonic() - started
             drafts = {s.segment_id: s for s in uplink.segments}
             assert {s.agent_id for s in drafts.values()} == {agent}
             text = " ".join(s.draft.text for s in sorted(drafts.values(), key=lambda s: s.seq) if s.draft)
             assert wer(SAMPLE_TEXT, text) < 0.25, text
-            captions = machine.ssh("cat /var/lib/edgecap/captions/captions.jsonl").stdout.splitlines()
+            captions = captioned()
             assert len(captions) == len(drafts), captions
             unit_state = machine.ssh("systemctl show -p MainPID -p NRestarts edgecap-agent").stdout
 
