@@ -89,10 +89,11 @@ def test_sample_recording_to_final_captions_in_the_store(tmp_path: Path, models_
             image = client.get(frame["image_url"])
             assert image.status_code == 200 and image.headers["content-type"] == "image/jpeg"
             assert image.content[:2] == b"\xff\xd8"
-        # the agent's statuses came up through the bridge: the fleet knows it, offline now that it
-        # stopped, and in its history the status that said its input was done
+        # the agent's statuses came up through the bridge: the fleet knows it, and in its history the
+        # status that said its input was done (its last, offline one may reach the cloud after the
+        # demo stopped its reconciler: not asserted)
         (agent,) = [a for a in client.get("/api/agents").json() if a["agent_id"] == AGENT_ID]
-        assert not agent["online"] and agent["disagreement"], agent
+        assert agent["disagreement"], agent
         history = client.get(f"/api/agents/{AGENT_ID}").json()["history"]
         assert any(h["online"] and h["input_done"] for h in history), history[:3]
         # each segment can be heard: its audio as the device sent it (Ogg Opus)
